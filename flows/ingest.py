@@ -1,0 +1,53 @@
+"""Pull one (source, stream) into the warehouse: connector pages -> mapped batches -> landing.
+
+Batches, not rows: pages are gathered up to ``batch_size`` records, mapped, and landed in one
+transaction together with the cursor they reach (DESIGN invariant 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from connectors.base import Cursor, MappingError, RawRecord
+from connectors.registry import build_connector
+from flows.config import Settings
+from flows.console import progress
+from warehouse import load
+
+BATCH_SIZE = 2000
+
+
+def pull_stream(settings: Settings, engine: Engine, run_id: str, source: str, stream: str,
+                batch_size: int = BATCH_SIZE) -> dict[str, Any]:
+    connector = build_connector(source, settings.connector_config(source))
+    cursor = load.get_cursor(engine, source, stream)
+    totals = load.LoadCounts()
+    pending: list[RawRecord] = []
+    pending_cursor: Cursor | None = None
+    for page in connector.read(stream, cursor):
+        pending.extend(page.records)
+        pending_cursor = page.cursor or pending_cursor
+        if len(pending) >= batch_size:
+            totals += _land(engine, run_id, connector, source, stream, pending, pending_cursor)
+            progress("%s/%s: %s records so far", source, stream, f"{totals.received:,}")
+            pending, pending_cursor = [], None
+    if pending or pending_cursor:
+        totals += _land(engine, run_id, connector, source, stream, pending, pending_cursor)
+    progress("%s/%s: %s received, %s new, %s changed, %s rejected", source, stream,
+             f"{totals.received:,}", f"{totals.new:,}", f"{totals.changed:,}",
+             f"{totals.rejected:,}")
+    return {"source": source, "stream": stream, **totals.as_dict()}
+
+
+def _land(engine, run_id, connector, source, stream, records, cursor) -> load.LoadCounts:
+    canonical: list[tuple[RawRecord, dict]] = []
+    rejected: list[tuple[RawRecord, str]] = []
+    for rec in records:
+        try:
+            canonical.append((rec, connector.map(stream, rec.payload)))
+        except MappingError as exc:
+            rejected.append((rec, str(exc)))
+    return load.land_batch(engine, run_id, source, stream, stream, records, canonical, rejected,
+                           cursor)

@@ -1,0 +1,300 @@
+"""The order's way through, as Prefect flows: ingest -> validate -> allocate -> push -> invoice
+-> reconcile, and the parent ``order_to_cash`` that runs them in turn.
+
+Flows only compose: every stage is one task per stage (and per source stream, or per push
+target), never one per order. SQL lives in warehouse/ and checks/, HTTP in connectors/.
+Each flow takes the path of orderhub.yaml (deployments can pass it) and an optional run id: the
+parent passes its own, so every row written in a full run carries the same run id; a stage run
+alone (e.g. the hourly reconcile deployment) records a run of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine
+from warehouse.engine import make_engine, migrate
+
+from flows import ingest as ingest_mod
+from flows import push as push_mod
+from flows.config import Settings, load_settings
+from flows.console import progress
+from flows.lineage import LineageWriter, dataset
+from warehouse import allocate as allocate_mod
+from warehouse import exports, invoicing, load, metrics, outbox, runs
+from warehouse import reconcile as reconcile_mod
+
+DEFAULT_CONFIG = "orderhub.yaml"
+INGEST_ROLES = ("customers", "prices", "stock", "orders")
+
+
+@cache
+def _engine(url: str) -> Engine:
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+@contextmanager
+def _stage(config_path: str, flow_name: str, run_id: str | None
+           ) -> Iterator[tuple[Settings, Engine, str, dict]]:
+    """Settings, engine, run id and the stage's lineage inputs/outputs (filled by the stage).
+
+    Owns the run record when the stage runs alone; emits the stage job's START and COMPLETE
+    (or FAIL) events, under the parent run when there is one."""
+    settings = load_settings(config_path)
+    engine = _engine(settings.warehouse_url)
+    own = run_id is None
+    rid = run_id or runs.start_run(engine, flow_name)
+    lineage = LineageWriter(settings.lineage_dir, rid)
+    job_run = lineage_run(rid, flow_name)
+    io: dict[str, list] = {"inputs": [], "outputs": []}
+    lineage.emit("START", flow_name, job_run)
+    try:
+        yield settings, engine, rid, io
+    except Exception as exc:
+        lineage.emit("FAIL", flow_name, job_run, error=str(exc))
+        if own:
+            runs.finish_run(engine, rid, "failed", {"error": str(exc)})
+        raise
+    lineage.emit("COMPLETE", flow_name, job_run, inputs=io["inputs"], outputs=io["outputs"])
+    if own:
+        runs.finish_run(engine, rid, "completed", {})
+
+
+def _wh(settings: Settings) -> str:
+    """The lineage namespace of the warehouse: its URL without credentials."""
+    url = settings.warehouse_url
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://{rest.split('@', 1)[1]}"
+    return url
+
+
+# --- tasks: one per stage, or per source stream / push target -----------------------------
+
+@task(name="pull", cache_policy=NO_CACHE, task_run_name="pull {source}/{stream}")
+def pull_task(settings: Settings, engine: Engine, run_id: str, source: str, stream: str) -> dict:
+    return ingest_mod.pull_stream(settings, engine, run_id, source, stream)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_task(settings: Settings, engine: Engine, run_id: str) -> Any:
+    from checks.gate import run_gate  # Great Expectations loads only when a gate runs
+    from checks.suite import load_suite
+
+    load.resolve_customers(engine, run_id)
+    return run_gate(engine, run_id, load_suite(settings.checks))
+
+
+@task(name="allocate", cache_policy=NO_CACHE)
+def allocate_task(settings: Settings, engine: Engine, run_id: str) -> dict:
+    return allocate_mod.allocate(engine, run_id, settings.allocation_rules)
+
+
+@task(name="enqueue", cache_policy=NO_CACHE, task_run_name="enqueue {operation} -> {target}")
+def enqueue_task(engine: Engine, run_id: str, operation: str, target: str,
+                 orders_from: list[str] | None) -> int:
+    return outbox.enqueue(engine, run_id, operation, target, orders_from)
+
+
+@task(name="drain", cache_policy=NO_CACHE, task_run_name="push {operation} -> {target}")
+def drain_task(settings: Settings, engine: Engine, run_id: str, target: str,
+               operation: str) -> dict:
+    return push_mod.drain(settings, engine, run_id, target, operation)
+
+
+# --- stage flows ----------------------------------------------------------------------------
+
+@flow(name="ingest")
+def ingest(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
+           roles: list[str] | None = None) -> list[dict]:
+    """Pull every declared source stream: masters first, then orders in the file's order."""
+    with _stage(config_path, "ingest", run_id) as (settings, engine, rid, io):
+        results = []
+        for role in roles or INGEST_ROLES:
+            for source in settings.sources_with_role(role):
+                counts = pull_task(settings, engine, rid, source, role)
+                results.append(counts)
+                io["inputs"].append(dataset(source, role))
+                io["outputs"].append(dataset(_wh(settings), f"{role}/{source}",
+                                             rows=counts["new"] + counts["changed"]))
+        return results
+
+
+@flow(name="validate")
+def validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Gate the staged (captured) orders; failing ones go to quarantine with check and reason."""
+    with _stage(config_path, "validate", run_id) as (settings, engine, rid, io):
+        result = gate_task(settings, engine, rid)
+        summary = result.as_dict() if hasattr(result, "as_dict") else dict(result)
+        assertions = [{"assertion": c["check_id"], "success": bool(c["success"])}
+                      for c in summary.get("checks", [])]
+        io["inputs"].append(dataset(_wh(settings), "orders", assertions=assertions))
+        io["outputs"].append(dataset(_wh(settings), "quarantine",
+                                     rows=summary.get("quarantined", 0)))
+        _artifact_gate(result, rid)
+        return summary
+
+
+@flow(name="allocate")
+def allocate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Reserve stock for validated orders by the declared rules; record the rule per line."""
+    with _stage(config_path, "allocate", run_id) as (settings, engine, rid, io):
+        result = allocate_task(settings, engine, rid)
+        io["inputs"] += [dataset(_wh(settings), "orders"), dataset(_wh(settings), "stock")]
+        io["outputs"].append(dataset(_wh(settings), "allocations",
+                                     rows=sum(result.get("lines_by_rule", {}).values())))
+        return result
+
+
+@flow(name="push")
+def push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[dict]:
+    """Send fulfilments to each order's own channel and sales orders to the ERP, exactly once."""
+    with _stage(config_path, "push", run_id) as (settings, engine, rid, io):
+        results = []
+        for target in settings.sources_with_role("fulfilment_target"):
+            enqueue_task(engine, rid, "fulfilment", target, [target])
+            results.append(drain_task(settings, engine, rid, target, "fulfilment"))
+        erp = settings.target("sales_order_target")
+        if erp:
+            others = [s for s in settings.sources_with_role("orders") if s != erp]
+            enqueue_task(engine, rid, "sales_order", erp, others)
+            results.append(drain_task(settings, engine, rid, erp, "sales_order"))
+        outbox.complete_pushes(engine, rid)
+        io["inputs"].append(dataset(_wh(settings), "outbox"))
+        io["outputs"] += [dataset(r["target"], r["operation"], rows=r["done"]) for r in results]
+        return results
+
+
+@flow(name="invoice")
+def invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Invoice pushed orders by the policy and send the receivables to the finance system."""
+    with _stage(config_path, "invoice", run_id) as (settings, engine, rid, io):
+        created = invoicing.create_invoices(engine, rid, settings.invoicing_policy)
+        sent: dict[str, Any] = {"done": 0, "failed": 0}
+        target = settings.target("invoice_target")
+        if target:
+            enqueue_task(engine, rid, "invoice", target, None)
+            sent = drain_task(settings, engine, rid, target, "invoice")
+        invoicing.complete_invoices(engine, rid)
+        io["inputs"].append(dataset(_wh(settings), "orders"))
+        io["outputs"] += [dataset(_wh(settings), "invoices", rows=created),
+                          dataset(target or "none", "invoice", rows=sent["done"])]
+        progress("invoice: %s created, %s sent", f"{created:,}", f"{sent['done']:,}")
+        return {"created": created, "sent": sent["done"], "failed": sent["failed"]}
+
+
+@flow(name="reconcile")
+def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Pull payments and match them to invoices; refresh the reconciled tables and exports."""
+    with _stage(config_path, "reconcile", run_id) as (settings, engine, rid, io):
+        pulled = [pull_task(settings, engine, rid, source, "payments")
+                  for source in settings.sources_with_role("payments")]
+        result = reconcile_mod.reconcile(engine, rid, settings.amount_tolerance)
+        files = exports.export_parquet(engine, settings.exports_dir)
+        io["inputs"] += [dataset(s["source"], "payments") for s in pulled]
+        io["inputs"].append(dataset(_wh(settings), "invoices"))
+        io["outputs"] += [dataset(_wh(settings), "reconciliation"),
+                          *[dataset("file", str(f)) for f in files]]
+        progress("reconcile: %s", ", ".join(f"{k} {v}" for k, v in result.items()
+                                             if not isinstance(v, dict)))
+        return {"pulled": pulled, **result, "exports": [str(f) for f in files]}
+
+
+@flow(name="order_to_cash")
+def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
+    """The whole way through, once. Returns the run summary."""
+    settings = load_settings(config_path)
+    engine = _engine(settings.warehouse_url)
+    rid = runs.start_run(engine, "order_to_cash")
+    lineage = LineageWriter(settings.lineage_dir, rid)
+    lineage.emit("START", "order_to_cash", rid)
+    started = time.monotonic()
+    stages: dict[str, Any] = {}
+    try:
+        for name, stage in (("ingest", ingest), ("validate", validate), ("allocate", allocate),
+                            ("push", push), ("invoice", invoice), ("reconcile", reconcile)):
+            t0 = time.monotonic()
+            progress("%s ...", name)
+            stages[name] = stage(config_path, rid)
+            stages.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 2)
+        summary = run_summary(settings, engine, rid, stages)
+        summary["seconds"] = round(time.monotonic() - started, 2)
+        summary["report"] = str(_write_report(settings, engine, rid))
+        summary["lineage"] = str(lineage.path)
+    except Exception as exc:
+        lineage.emit("FAIL", "order_to_cash", rid, error=str(exc))
+        runs.finish_run(engine, rid, "failed", {"error": str(exc), "stages": stages})
+        raise
+    runs.finish_run(engine, rid, "completed", summary)
+    lineage.emit("COMPLETE", "order_to_cash", rid)
+    _artifact_summary(summary)
+    return summary
+
+
+def run_summary(settings: Settings, engine: Engine, rid: str, stages: dict) -> dict[str, Any]:
+    """Counts per stage and the records identity: in = loaded + quarantined + rejected + held."""
+    pulled = stages.get("ingest", []) + stages.get("reconcile", {}).get("pulled", [])
+    order_pulls = [p for p in pulled if p["stream"] == "orders"]
+    entered = metrics.events_in_run(engine, rid)
+    received = sum(p["received"] for p in order_pulls)
+    rejected = sum(p["rejected"] for p in order_pulls)
+    held = sum(p["unchanged"] + p.get("amended", 0) for p in order_pulls)
+    loaded = entered.get("validated", 0)
+    quarantined = entered.get("quarantined", 0)
+    return {
+        "run_id": rid,
+        "streams": pulled,
+        "records": {"in": received, "loaded": loaded, "quarantined": quarantined,
+                    "rejected": rejected, "already_held": held,
+                    "balanced": received == loaded + quarantined + rejected + held},
+        "entered": entered,
+        "orders_by_status": metrics.orders_by_status(engine),
+        "outbox": metrics.outbox_by_status(engine),
+        "stages": stages,
+        "cycle_time": {s: metrics.cycle_times(engine, rid, s)
+                       for s in ("allocated", "invoiced", "paid")},
+    }
+
+
+def _write_report(settings: Settings, engine: Engine, rid: str) -> Path:
+    from checks.report import write_report
+
+    return write_report(engine, rid, settings.reports_dir / f"{rid}.html")
+
+
+def lineage_run(rid: str, *parts: str) -> str:
+    """A stable per-job run id under the parent (OpenLineage wants UUIDs)."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.UUID(rid), "/".join(parts)))
+
+
+def _artifact_gate(result: Any, rid: str) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        rows = result.as_table() if hasattr(result, "as_table") else []
+        create_table_artifact(key="failed-checks", table=rows,
+                              description=f"Failed checks, run {rid}")
+    except Exception:  # noqa: BLE001 - an artifact is a convenience, never a failure
+        pass
+
+
+def _artifact_summary(summary: dict) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        rec = summary["records"]
+        create_table_artifact(key="run-summary", table=[{k: str(v) for k, v in rec.items()}],
+                              description=f"order_to_cash run {summary['run_id']}")
+    except Exception:  # noqa: BLE001
+        pass

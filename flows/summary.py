@@ -1,0 +1,64 @@
+"""The run summary as people read it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(summary: dict[str, Any]) -> str:
+    lines = [f"orderhub order_to_cash — run {summary['run_id']}"]
+    seeded = summary.get("seeded")
+    if seeded:
+        lines.append("  seeded    " + ", ".join(f"{k} {_n(v)}" for k, v in seeded.items()))
+    lines.append("")
+    streams = summary.get("streams", [])
+    lines.append("  ingest    " + "; ".join(
+        f"{s['source']}/{s['stream']} {_n(s['received'])} in ({_n(s['new'])} new, "
+        f"{_n(s['changed'])} changed, {_n(s['rejected'])} rejected)" for s in streams))
+    stages = summary.get("stages", {})
+    v = stages.get("validate", {})
+    failing = ", ".join(f"{c['check_id']} {_n(c['failed'])}" for c in v.get("checks", [])
+                        if c.get("failed"))
+    lines.append(f"  validate  {_n(v.get('validated', 0))} passed, "
+                 f"{_n(v.get('quarantined', 0))} quarantined" + (f" ({failing})" if failing else ""))
+    a = stages.get("allocate", {})
+    rules = ", ".join(f"{k} {_n(n)}" for k, n in (a.get("lines_by_rule") or {}).items())
+    lines.append(f"  allocate  {_n(a.get('allocated', 0))} allocated, "
+                 f"{_n(a.get('backordered', 0))} backordered" + (f" (lines: {rules})" if rules else ""))
+    pushes = stages.get("push", [])
+    lines.append("  push      " + (", ".join(
+        f"{p['operation']} -> {p['target']} {_n(p['done'])}"
+        + (f" ({_n(p['failed'])} failed)" if p.get("failed") else "") for p in pushes) or "nothing"))
+    i = stages.get("invoice", {})
+    lines.append(f"  invoice   {_n(i.get('created', 0))} created, {_n(i.get('sent', 0))} sent")
+    r = stages.get("reconcile", {})
+    by_status = r.get("invoices_by_status") or {k: r[k] for k in
+                                                ("paid", "part_paid", "over_paid", "open") if k in r}
+    lines.append("  reconcile " + ", ".join(f"{k} {_n(n)}" for k, n in by_status.items())
+                 + f"; unmatched payments {_n(r.get('unmatched_payments', 0))}")
+    lines.append("")
+    rec = summary["records"]
+    mark = "balanced" if rec["balanced"] else "NOT BALANCED"
+    lines.append(f"  records   in {_n(rec['in'])} = loaded {_n(rec['loaded'])} + quarantined "
+                 f"{_n(rec['quarantined'])} + rejected {_n(rec['rejected'])} + already held "
+                 f"{_n(rec['already_held'])}  [{mark}]")
+    if rec["in"] and rec["in"] == rec["already_held"]:
+        lines.append("            nothing new: every record was already in the warehouse; "
+                     "nothing loaded, pushed or invoiced twice")
+    for stage, ct in summary.get("cycle_time", {}).items():
+        if ct.get("count"):
+            lines.append(f"  cycle     captured -> {stage}: p50 {ct['p50_s']} s, p95 {ct['p95_s']} s "
+                         f"({_n(ct['count'])} orders)")
+    for key in ("report", "lineage"):
+        if summary.get(key):
+            lines.append(f"  {key:<9} {summary[key]}")
+    exports = r.get("exports") or []
+    if exports:
+        lines.append(f"  exports   {len(exports)} Parquet files in {exports[0].rsplit('/', 1)[0]}")
+    if summary.get("seconds") is not None:
+        lines.append(f"  took      {summary['seconds']} s")
+    return "\n".join(lines)
