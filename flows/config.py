@@ -179,8 +179,9 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
             raise _fail(path, f"{key}.auth.{k}",
                         "secrets must be references (env:NAME or prefect-secret:NAME), not values")
     rate = src.get("rate_limit")
-    if rate is not None and (not isinstance(rate, int | float) or rate <= 0):
-        raise _fail(path, f"{key}.rate_limit", "requests per second must be a positive number")
+    if rate is not None and (not isinstance(rate, int | float) or rate < 0):
+        raise _fail(path, f"{key}.rate_limit",
+                    "requests per second must be a number (0 turns the client-side limit off)")
     return {"system": system, "base_url": src["base_url"], "auth": auth, "roles": list(roles),
             "options": dict(src.get("options") or {}), "rate_limit": rate,
             "lookback_seconds": int(src.get("lookback_seconds", 600)),

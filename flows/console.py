@@ -18,6 +18,9 @@ def enable(verbose: bool = False) -> None:
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+    # Retries after 429/5xx are normal operation (the client honours Retry-After); show them
+    # only when asked. A source that stays down still ends in one clear error line.
+    logging.getLogger("orderhub.http").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def progress(message: str, *args: object) -> None:

@@ -48,7 +48,9 @@ def write_sandbox_config(base: Settings, sandbox_sources: dict[str, dict]) -> Pa
         fake = sandbox_sources[src["system"]]
         src["base_url"] = fake["base_url"]
         src["options"] = {**(src.get("options") or {}), **fake.get("options", {})}
-        src.pop("rate_limit", None)  # the fakes' own limits apply
+        # No client-side pacing: the fakes enforce their own limits and answer 429 with
+        # Retry-After, which the client honours.
+        src["rate_limit"] = 0
         auth = {}
         for key, value in fake["auth"].items():
             env = f"ORDERHUB_SANDBOX_{name}_{key}".upper()

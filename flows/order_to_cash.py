@@ -134,7 +134,7 @@ def validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> di
     """Gate the staged (captured) orders; failing ones go to quarantine with check and reason."""
     with _stage(config_path, "validate", run_id) as (settings, engine, rid, io):
         result = gate_task(settings, engine, rid)
-        summary = result.as_dict() if hasattr(result, "as_dict") else dict(result)
+        summary = result.summary()
         assertions = [{"assertion": c["check_id"], "success": bool(c["success"])}
                       for c in summary.get("checks", [])]
         io["inputs"].append(dataset(_wh(settings), "orders", assertions=assertions))
@@ -282,7 +282,7 @@ def _artifact_gate(result: Any, rid: str) -> None:
     try:
         from prefect.artifacts import create_table_artifact
 
-        rows = result.as_table() if hasattr(result, "as_table") else []
+        rows = result.as_table()
         create_table_artifact(key="failed-checks", table=rows,
                               description=f"Failed checks, run {rid}")
     except Exception:  # noqa: BLE001 - an artifact is a convenience, never a failure

@@ -44,6 +44,7 @@ def drain(settings: Settings, engine: Engine, run_id: str, target: str, operatio
         counts["done"] += len(done)
         counts["failed"] += len(failed)
         counts["recovered"] += sum(1 for r in rows if r["recover"])
+    if counts["done"] or counts["failed"]:
         progress("push %s/%s: %s done, %s failed", target, operation, f"{counts['done']:,}",
                  f"{counts['failed']:,}")
     return counts

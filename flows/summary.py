@@ -13,7 +13,7 @@ def render(summary: dict[str, Any]) -> str:
     lines = [f"orderhub order_to_cash — run {summary['run_id']}"]
     seeded = summary.get("seeded")
     if seeded:
-        lines.append("  seeded    " + ", ".join(f"{k} {_n(v)}" for k, v in seeded.items()))
+        lines.append("  seeded    " + str(seeded).replace("\n", "\n            "))
     lines.append("")
     streams = summary.get("streams", [])
     lines.append("  ingest    " + "; ".join(

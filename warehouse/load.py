@@ -1,0 +1,768 @@
+"""Landing: raw records, rejected records, canonical upserts and the cursor — one transaction.
+
+``land_batch`` is the only writer of pulled data. Per batch it
+
+1. upserts ``raw_records`` on (source, stream, external_id) where the content hash differs;
+2. upserts ``rejected_records`` (unparseable records, with the error) and removes the rejected
+   row of any record that now maps cleanly;
+3. upserts the canonical rows of the batch's kind, comparing a hash of the canonical record, so
+   an unchanged record writes nothing (invariant 1: a rerun changes nothing);
+4. saves the stream cursor.
+
+All four commit together or not at all: the cursor never runs ahead of the rows it covers
+(invariant 2) and a failure leaves the warehouse as it was (invariant 8).
+
+Set-based: the existing keys and hashes of the whole batch are read with one query per table,
+and every write is one executemany statement; nothing is looked up row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connectors.base import Cursor, RawRecord
+from warehouse.engine import begin_write, bulk_insert, copy_rows, in_values, json_default
+from warehouse.money import ROUNDING, MoneyError, decimals
+from warehouse.orders import transition
+from warehouse.schema import (
+    MONEY,
+    customers,
+    order_events,
+    order_lines,
+    orders,
+    payments,
+    prices,
+    products,
+    raw_records,
+    rejected_records,
+    stock,
+    sync_state,
+    warehouses,
+)
+from warehouse.states import OrderState
+
+__all__ = [
+    "KINDS",
+    "LoadCounts",
+    "canonical_json",
+    "content_hash",
+    "get_cursor",
+    "land_batch",
+    "lines_hash",
+    "resolve_customers",
+]
+
+CAPTURED = OrderState.CAPTURED.value
+# A changed order in one of these states has not been acted on yet: take the new version.
+REOPENABLE = (OrderState.CAPTURED.value, OrderState.QUARANTINED.value)
+
+
+@dataclass
+class LoadCounts:
+    """What one batch did. received = new + changed + unchanged + amended + rejected.
+
+    amended: the source changed an order we have already acted on (validated or later); the
+    change is kept in raw_records but not applied. Duplicates of one record inside a batch
+    count as unchanged (the newest copy is the one loaded).
+    """
+
+    received: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    amended: int = 0
+    rejected: int = 0
+
+    def __add__(self, other: LoadCounts) -> LoadCounts:
+        if not isinstance(other, LoadCounts):
+            return NotImplemented
+        return LoadCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def loaded(self) -> int:
+        """Records that reached (or already were in) a canonical table."""
+        return self.new + self.changed + self.unchanged + self.amended
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --------------------------------------------------------------------------------- hashing
+
+
+def canonical_json(payload: Any) -> str:
+    """Stable JSON text: sorted keys, no whitespace, Decimals and datetimes as strings."""
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default
+    )
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def content_hash(payload: dict) -> str:
+    """sha256 of the canonical JSON of a payload."""
+    return _sha256(canonical_json(payload))
+
+
+def _norm(value: Decimal | None) -> str:
+    # 2, 2.0 and 2.000 are the same quantity: hash them alike
+    return "" if value is None else format(value.normalize(), "f")
+
+
+def lines_hash(lines: Iterable[Mapping[str, Any]]) -> str:
+    """sha256 of the sorted (sku, qty, unit_price) lines: equal for the same goods in any order."""
+    key = sorted(
+        (line.get("sku") or "", _norm(line.get("qty")), _norm(line.get("unit_price"))) for line in lines
+    )
+    return _sha256(canonical_json(key))
+
+
+def _record_hash(record: Mapping[str, Any]) -> str:
+    # updated_at is left out: a source touching a record (or our own push-back doing so) is not
+    # a change of its content, and must not send an order back through the gate.
+    return content_hash({k: v for k, v in record.items() if k != "updated_at"})
+
+
+# --------------------------------------------------------------------------------- dialect
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+# Below this many rows one statement is cheaper than COPY into a staging table and back.
+COPY_MIN_ROWS = 200
+
+# allocate.py imports this name; new code should call warehouse.engine.bulk_insert.
+_bulk_insert = bulk_insert
+
+
+def _upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    key: Sequence[str],
+    update_cols: Iterable[str],
+    where: Callable[[Any], ColumnElement[bool]] | None = None,
+) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE [WHERE ...] for all rows.
+
+    PostgreSQL with many rows: COPY into a temporary staging table, then one
+    INSERT ... SELECT ... ON CONFLICT. Otherwise one executemany.
+    """
+    if not rows:
+        return
+    stmt = _insert(conn, table)
+    staged = conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS
+    if staged:
+        names = list(rows[0])
+        staging = f"_stage_{table.name}_{uuid.uuid4().hex[:8]}"
+        columns = ", ".join(f'"{n}"' for n in names)
+        conn.exec_driver_sql(
+            f'CREATE TEMPORARY TABLE "{staging}" ON COMMIT DROP AS '
+            f'SELECT {columns} FROM "{table.name}" WITH NO DATA'
+        )
+        copy_rows(conn, staging, table, rows)
+        stage = sa_table(staging, *(sa_column(n) for n in names))
+        stmt = stmt.from_select(names, select(*(stage.c[n] for n in names)))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c[k] for k in key],
+        set_={c: stmt.excluded[c] for c in update_cols},
+        where=where(stmt.excluded) if where is not None else None,
+    )
+    if staged:
+        conn.execute(stmt)
+    else:
+        conn.execute(stmt, list(rows))
+
+
+def _hash_changed(table: Table) -> Callable[[Any], ColumnElement[bool]]:
+    return lambda excluded: table.c.content_hash != excluded.content_hash
+
+
+# ------------------------------------------------------------------------------ the kinds
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one canonical kind maps onto its table."""
+
+    table: Table
+    key: tuple[str, ...]  # natural key columns (the ON CONFLICT target)
+    required: tuple[str, ...]  # canonical fields a NOT NULL column needs
+    to_row: Callable[[dict, str], dict]  # (canonical record, source) -> column values
+    after: Callable[[Connection, list[dict], _Batch], None] | None = None  # products, warehouses
+
+
+@dataclass(frozen=True)
+class _Batch:
+    run_id: str
+    source: str
+    stream: str
+    now: datetime
+
+
+def _customer_row(rec: dict, source: str) -> dict:
+    return {
+        "code": rec.get("code"),
+        "name": rec.get("name"),
+        "email": rec.get("email"),
+        "region": rec.get("region"),
+        "customer_group": rec.get("customer_group"),
+        "credit_limit": rec.get("credit_limit"),
+        "currency": rec.get("currency"),
+        "source": source,
+        "external_id": rec.get("external_id"),
+    }
+
+
+def _price_row(rec: dict, source: str) -> dict:
+    return {
+        "sku": rec.get("sku"),
+        "currency": rec.get("currency"),
+        "price": rec.get("price"),
+        "source": source,
+        "_name": rec.get("name"),  # for products; not a prices column
+    }
+
+
+def _stock_row(rec: dict, source: str) -> dict:
+    return {
+        "sku": rec.get("sku"),
+        "warehouse": rec.get("warehouse"),
+        "on_hand": rec.get("qty"),
+        "source": source,
+        "_region": rec.get("region"),  # for warehouses; not a stock column
+    }
+
+
+def _payment_row(rec: dict, source: str) -> dict:
+    return {
+        "source": source,
+        "external_id": rec.get("external_id"),
+        "reference": rec.get("reference"),
+        "customer_code": rec.get("customer_code"),
+        "currency": rec.get("currency"),
+        "amount": rec.get("amount"),
+        "received_at": rec.get("received_at"),
+    }
+
+
+def _upsert_products(conn: Connection, rows: list[dict], batch: _Batch) -> None:
+    by_sku = {r["sku"]: r["_name"] for r in rows}
+    _upsert(
+        conn,
+        products,
+        [
+            {"sku": sku, "name": name, "source": batch.source, "run_id": batch.run_id}
+            for sku, name in by_sku.items()
+        ],
+        key=("sku",),
+        update_cols=("name", "source", "run_id"),
+        # a price without a name does not blank the product's name
+        where=lambda ex: and_(ex.name.is_not(None), products.c.name.is_distinct_from(ex.name)),
+    )
+
+
+def _upsert_warehouses(conn: Connection, rows: list[dict], batch: _Batch) -> None:
+    by_code = {r["warehouse"]: r["_region"] for r in rows}
+    _upsert(
+        conn,
+        warehouses,
+        [{"code": code, "region": region, "run_id": batch.run_id} for code, region in by_code.items()],
+        key=("code",),
+        update_cols=("region", "run_id"),
+        where=lambda ex: and_(ex.region.is_not(None), warehouses.c.region.is_distinct_from(ex.region)),
+    )
+
+
+KINDS: dict[str, _Kind] = {
+    "customers": _Kind(customers, ("code",), ("code",), _customer_row),
+    "prices": _Kind(prices, ("sku", "currency"), ("sku", "currency", "price"), _price_row, _upsert_products),
+    "stock": _Kind(stock, ("sku", "warehouse"), ("sku", "warehouse", "qty"), _stock_row, _upsert_warehouses),
+    "payments": _Kind(payments, ("source", "external_id"), ("currency", "amount"), _payment_row),
+    # orders have their own path (lines, states, events): see _land_orders
+    "orders": _Kind(orders, ("source", "external_id"), (), lambda rec, source: {}),
+}
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def land_batch(
+    engine: Engine,
+    run_id: str,
+    source: str,
+    stream: str,
+    kind: str,
+    records: list[RawRecord],
+    canonical: list[tuple[RawRecord, dict]],
+    rejected: list[tuple[RawRecord, str]],
+    cursor: Cursor | None,
+) -> LoadCounts:
+    """Land one batch of a stream in one transaction; see the module docstring.
+
+    ``records`` is everything received; each of them is in exactly one of ``canonical`` (mapped)
+    or ``rejected`` (with the mapping error).
+    """
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if len(canonical) + len(rejected) != len(records):
+        raise ValueError(
+            f"{source}/{stream}: {len(records)} records received but {len(canonical)} mapped + "
+            f"{len(rejected)} rejected: every record must be one or the other"
+        )
+    batch = _Batch(run_id, source, stream, datetime.now(UTC))
+
+    # Records that mapped but cannot be stored (no natural key, a NOT NULL value missing,
+    # duplicate line numbers) are rejected here, so one bad record cannot block the stream.
+    mapped: list[tuple[RawRecord, dict]] = []
+    rejects = list(rejected)
+    for raw, rec in canonical:
+        problem = _unstorable(kind, spec, rec)
+        if problem:
+            rejects.append((raw, problem))
+        else:
+            mapped.append((raw, rec))
+
+    counts = LoadCounts(received=len(records), rejected=len(rejects))
+    with begin_write(engine) as conn:
+        _land_raw(conn, batch, records)
+        _land_rejected(conn, batch, rejects, [raw.external_id for raw, _ in mapped])
+        if kind == "orders":
+            _land_orders(conn, batch, mapped, counts)
+        else:
+            _land_kind(conn, batch, spec, mapped, counts)
+        if cursor is not None:
+            _save_cursor(conn, batch, cursor)
+    return counts
+
+
+def get_cursor(engine: Engine, source: str, stream: str) -> Cursor | None:
+    """The saved position of a stream, or None before its first load."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(sync_state.c.cursor_value, sync_state.c.cursor_id).where(
+                sync_state.c.source == source, sync_state.c.stream == stream
+            )
+        ).first()
+    if row is None or row.cursor_value is None:
+        return None
+    return Cursor(updated_at=row.cursor_value, id=row.cursor_id or "")
+
+
+def resolve_customers(engine: Engine, run_id: str) -> int:
+    """Set ``orders.customer_id`` of captured orders: by customer code, else by e-mail
+    (case-insensitive, and only when exactly one customer has that e-mail). Returns the number
+    of orders resolved."""
+    pending = and_(orders.c.status == CAPTURED, orders.c.customer_id.is_(None))
+    by_code = select(customers.c.id).where(customers.c.code == orders.c.customer_code)
+    emails = (
+        select(
+            func.lower(customers.c.email).label("email"),
+            func.min(customers.c.id).label("customer_id"),
+        )
+        .where(customers.c.email.is_not(None))
+        .group_by(func.lower(customers.c.email))
+        .having(func.count() == 1)  # an e-mail two customers share identifies neither
+        .subquery()
+    )
+    with begin_write(engine) as conn:
+        n_code = conn.execute(
+            update(orders)
+            .where(pending, orders.c.customer_code.is_not(None), exists(by_code))
+            .values(customer_id=by_code.scalar_subquery(), run_id=run_id)
+        ).rowcount
+        n_email = conn.execute(
+            update(orders)
+            .where(pending, func.lower(orders.c.customer_email) == emails.c.email)
+            .values(customer_id=emails.c.customer_id, run_id=run_id)
+        ).rowcount
+    return n_code + n_email
+
+
+# --------------------------------------------------------------------------------- landing
+
+
+def _newest(items: Iterable[tuple[Any, RawRecord, Any]]) -> tuple[dict[Any, Any], int]:
+    """Keep one item per key: the newest by source updated_at, later in the batch on ties.
+    Returns {key: item} and the number of duplicates dropped (pages overlap by design)."""
+    chosen: dict[Any, tuple[tuple[datetime, int], Any]] = {}
+    n = 0
+    for pos, (key, raw, item) in enumerate(items):
+        n += 1
+        when = raw.updated_at or datetime.min.replace(tzinfo=UTC)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        rank = (when, pos)
+        if key not in chosen or rank >= chosen[key][0]:
+            chosen[key] = (rank, item)
+    return {k: v for k, (_, v) in chosen.items()}, n - len(chosen)
+
+
+def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None:
+    latest, _ = _newest((r.external_id, r, r) for r in records)
+    if not latest:
+        return
+    texts = {ext: canonical_json(r.payload) for ext, r in latest.items()}
+    hashes = {ext: _sha256(text) for ext, text in texts.items()}
+    known = dict(
+        conn.execute(
+            select(raw_records.c.external_id, raw_records.c.content_hash).where(
+                raw_records.c.source == batch.source,
+                raw_records.c.stream == batch.stream,
+                in_values(raw_records.c.external_id, list(latest), conn.dialect.name),
+            )
+        ).all()
+    )
+    rows = [
+        {
+            "source": batch.source,
+            "stream": batch.stream,
+            "external_id": ext,
+            "content_hash": hashes[ext],
+            "payload": texts[ext],
+            "source_updated_at": raw.updated_at,
+            "received_at": batch.now,
+            "run_id": batch.run_id,
+        }
+        for ext, raw in latest.items()
+        if known.get(ext) != hashes[ext]
+    ]
+    _upsert(
+        conn,
+        raw_records,
+        rows,
+        key=("source", "stream", "external_id"),
+        update_cols=("content_hash", "payload", "source_updated_at", "received_at", "run_id"),
+        where=_hash_changed(raw_records),
+    )
+
+
+def _land_rejected(
+    conn: Connection,
+    batch: _Batch,
+    rejects: list[tuple[RawRecord, str]],
+    now_clean: list[str],
+) -> None:
+    latest, _ = _newest((raw.external_id, raw, (raw, err)) for raw, err in rejects)
+    rows = []
+    for ext, (raw, error) in latest.items():
+        text = canonical_json(raw.payload)
+        rows.append(
+            {
+                "source": batch.source,
+                "stream": batch.stream,
+                "external_id": ext,
+                "content_hash": _sha256(text),
+                "payload": text,
+                "error": str(error),
+                "rejected_at": batch.now,
+                "run_id": batch.run_id,
+            }
+        )
+    t = rejected_records
+    _upsert(
+        conn,
+        t,
+        rows,
+        key=("source", "stream", "external_id"),
+        update_cols=("content_hash", "payload", "error", "rejected_at", "run_id"),
+        where=lambda ex: or_(t.c.content_hash != ex.content_hash, t.c.error != ex.error),
+    )
+    if now_clean:
+        # a record fixed at the source (or by a mapper fix) is no longer rejected: one place only
+        conn.execute(
+            delete(t).where(
+                t.c.source == batch.source,
+                t.c.stream == batch.stream,
+                in_values(t.c.external_id, now_clean, conn.dialect.name),
+            )
+        )
+
+
+def _unstorable(kind: str, spec: _Kind, rec: dict) -> str | None:
+    for name in spec.required:
+        if rec.get(name) is None or rec.get(name) == "":
+            return f"{name}: missing (required to store a {kind} record)"
+    if kind == "orders":
+        seen: set[int] = set()
+        for i, line in enumerate(rec.get("lines") or []):
+            line_no = line.get("line_no")
+            if not isinstance(line_no, int):
+                return f"lines[{i}].line_no: missing or not an integer"
+            if line_no in seen:
+                return f"lines[{i}].line_no: duplicate line number {line_no}"
+            seen.add(line_no)
+    return None
+
+
+def _existing(
+    conn: Connection,
+    table: Table,
+    key: tuple[str, ...],
+    keys: list[tuple],
+    cols: Sequence[str],
+    lock: bool = False,
+) -> dict[tuple, Any]:
+    """{natural key: row} for the batch's keys, in one query. Each key column is filtered on its
+    own set of values (a superset for composite keys), then matched exactly here. ``lock`` takes
+    row locks on PostgreSQL (SQLite's BEGIN IMMEDIATE already holds the whole database)."""
+    if not keys:
+        return {}
+    conditions = [
+        in_values(table.c[name], sorted({k[i] for k in keys}), conn.dialect.name)
+        for i, name in enumerate(key)
+    ]
+    query = select(*(table.c[c] for c in key), *(table.c[c] for c in cols)).where(*conditions)
+    if lock:
+        query = query.order_by(*(table.c[c] for c in key)).with_for_update()
+    wanted = set(keys)
+    found = {}
+    for row in conn.execute(query):
+        k = tuple(row[: len(key)])
+        if k in wanted:
+            found[k] = row
+    return found
+
+
+def _land_kind(
+    conn: Connection,
+    batch: _Batch,
+    spec: _Kind,
+    mapped: list[tuple[RawRecord, dict]],
+    counts: LoadCounts,
+) -> None:
+    prepared = []
+    for raw, rec in mapped:
+        row = spec.to_row(rec, batch.source)
+        if "external_id" in row and row["external_id"] is None:
+            row["external_id"] = raw.external_id
+        row["content_hash"] = _record_hash(rec)
+        row["run_id"] = batch.run_id
+        prepared.append((tuple(row[k] for k in spec.key), raw, row))
+    latest, duplicates = _newest(prepared)
+    known = _existing(conn, spec.table, spec.key, list(latest), ("content_hash",))
+    write = []
+    for key, row in latest.items():
+        if key not in known:
+            counts.new += 1
+        elif known[key].content_hash != row["content_hash"]:
+            counts.changed += 1
+        else:
+            counts.unchanged += 1
+            continue
+        write.append(row)
+    counts.unchanged += duplicates
+    columns = [c for c in write[0] if not c.startswith("_")] if write else []
+    if spec.table is stock:
+        # insert new stock rows with nothing reserved; on update, never touch `reserved`
+        rows = [{**{c: r[c] for c in columns}, "reserved": Decimal(0)} for r in write]
+    else:
+        rows = [{c: r[c] for c in columns} for r in write]
+    _upsert(
+        conn,
+        spec.table,
+        rows,
+        key=spec.key,
+        update_cols=[c for c in columns if c not in spec.key],
+        where=_hash_changed(spec.table),
+    )
+    if spec.after is not None and write:
+        spec.after(conn, write, batch)
+
+
+# ---------------------------------------------------------------------------------- orders
+
+
+def _line_amount(line: Mapping[str, Any], currency: str | None) -> Decimal | None:
+    qty, price = line.get("qty"), line.get("unit_price")
+    if qty is None or price is None:
+        return None
+    try:
+        places = decimals(currency) if currency else 2
+    except MoneyError:
+        places = 2  # an unknown currency is the currency_allowed check's business, not ours
+    # the column holds MONEY.scale decimals: round here, identically on every database
+    places = min(places, MONEY.scale or 2)
+    return (qty * price).quantize(Decimal(1).scaleb(-places), rounding=ROUNDING)
+
+
+def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> dict:
+    ordered_at = rec.get("ordered_at")
+    if isinstance(ordered_at, datetime) and ordered_at.tzinfo is None:
+        ordered_at = ordered_at.replace(tzinfo=UTC)
+    return {
+        "source": batch.source,
+        "external_id": ext,
+        "order_no": rec.get("order_no"),
+        "customer_code": rec.get("customer_code"),
+        "customer_email": rec.get("customer_email"),
+        "customer_id": None,  # resolve_customers sets it (again, for an amended order)
+        "ordered_at": ordered_at,
+        "source_updated_at": rec.get("updated_at"),
+        "currency": rec.get("currency"),
+        "total": rec.get("total"),
+        "ship_region": rec.get("ship_region"),
+        "order_date": ordered_at.astimezone(UTC).date() if ordered_at else None,
+        "lines_hash": lines_hash(rec.get("lines") or []),
+        "status": CAPTURED,
+        "content_hash": chash,
+        "captured_at": batch.now,
+        "run_id": batch.run_id,
+    }
+
+
+def _land_orders(
+    conn: Connection,
+    batch: _Batch,
+    mapped: list[tuple[RawRecord, dict]],
+    counts: LoadCounts,
+) -> None:
+    items = []
+    for raw, rec in mapped:
+        ext = rec.get("external_id") or raw.external_id
+        items.append(((batch.source, ext), raw, (ext, rec, _record_hash(rec))))
+    latest, duplicates = _newest(items)
+    counts.unchanged += duplicates
+    # locked: a worker validating these orders meanwhile must not see them reopened under it
+    known = _existing(
+        conn,
+        orders,
+        ("source", "external_id"),
+        list(latest),
+        ("id", "content_hash", "status"),
+        lock=True,
+    )
+    new: list[tuple[str, dict, str]] = []
+    reopened: list[tuple[str, dict, str]] = []
+    back_from_quarantine: list[int] = []
+    for key, (ext, rec, chash) in latest.items():
+        have = known.get(key)
+        if have is None:
+            new.append((ext, rec, chash))
+        elif have.content_hash == chash:
+            counts.unchanged += 1
+        elif have.status in REOPENABLE:
+            reopened.append((ext, rec, chash))
+            if have.status != CAPTURED:
+                back_from_quarantine.append(have.id)
+        else:
+            counts.amended += 1  # already acted on: kept in raw_records, not applied
+    counts.new += len(new)
+    counts.changed += len(reopened)
+    if not new and not reopened:
+        return
+
+    if back_from_quarantine:
+        transition(conn, back_from_quarantine, OrderState.CAPTURED, batch.run_id, "amended at source")
+    rows = [_order_row(rec, ext, batch, chash) for ext, rec, chash in new + reopened]
+    _upsert(
+        conn,
+        orders,
+        rows,
+        key=("source", "external_id"),
+        # captured_at stays the first capture; status is set explicitly (captured)
+        update_cols=[c for c in rows[0] if c not in ("source", "external_id", "captured_at")],
+    )
+
+    ids = {
+        ext: oid
+        for ext, oid in conn.execute(
+            select(orders.c.external_id, orders.c.id).where(
+                orders.c.source == batch.source,
+                in_values(orders.c.external_id, [ext for ext, _, _ in new], conn.dialect.name),
+            )
+        )
+    }
+    ids.update({ext: known[(batch.source, ext)].id for ext, _, _ in reopened})
+    if reopened:
+        # the new version's lines replace the old ones (nothing is allocated before validation)
+        conn.execute(
+            delete(order_lines).where(
+                in_values(order_lines.c.order_id, [ids[e] for e, _, _ in reopened], conn.dialect.name)
+            )
+        )
+    line_rows = [
+        {
+            "order_id": ids[ext],
+            "line_no": line["line_no"],
+            "sku": line.get("sku"),
+            "qty": line.get("qty"),
+            "unit_price": line.get("unit_price"),
+            "amount": _line_amount(line, rec.get("currency")),
+            "run_id": batch.run_id,
+        }
+        for ext, rec, _ in new + reopened
+        for line in rec.get("lines") or []
+    ]
+    bulk_insert(conn, order_lines, line_rows)
+    if new:
+        bulk_insert(
+            conn,
+            order_events,
+            [
+                {
+                    "order_id": ids[ext],
+                    "from_state": None,
+                    "to_state": CAPTURED,
+                    "at": batch.now,
+                    "reason": f"captured from {batch.source}",
+                    "run_id": batch.run_id,
+                }
+                for ext, _, _ in new
+            ],
+        )
+
+
+def _save_cursor(conn: Connection, batch: _Batch, cursor: Cursor) -> None:
+    t = sync_state
+    _upsert(
+        conn,
+        t,
+        [
+            {
+                "source": batch.source,
+                "stream": batch.stream,
+                "cursor_value": cursor.updated_at,
+                "cursor_id": cursor.id,
+                "updated_at": batch.now,
+                "run_id": batch.run_id,
+            }
+        ],
+        key=("source", "stream"),
+        update_cols=("cursor_value", "cursor_id", "updated_at", "run_id"),
+        # an unchanged cursor is not rewritten: a rerun over the same data changes nothing
+        where=lambda ex: or_(
+            t.c.cursor_value.is_distinct_from(ex.cursor_value),
+            t.c.cursor_id.is_distinct_from(ex.cursor_id),
+        ),
+    )
