@@ -20,7 +20,6 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
-from warehouse.engine import make_engine, migrate
 
 from flows import ingest as ingest_mod
 from flows import push as push_mod
@@ -30,6 +29,7 @@ from flows.lineage import LineageWriter, dataset
 from warehouse import allocate as allocate_mod
 from warehouse import exports, invoicing, load, metrics, outbox, runs
 from warehouse import reconcile as reconcile_mod
+from warehouse.engine import make_engine, migrate
 
 DEFAULT_CONFIG = "orderhub.yaml"
 INGEST_ROLES = ("customers", "prices", "stock", "orders")

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+
+def _rel(path: str | Path) -> str:
+    """Paths under the working folder are shown relative to it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
 
 
 def _n(value: Any) -> str:
@@ -16,9 +26,11 @@ def render(summary: dict[str, Any]) -> str:
         lines.append("  seeded    " + str(seeded).replace("\n", "\n            "))
     lines.append("")
     streams = summary.get("streams", [])
-    lines.append("  ingest    " + "; ".join(
-        f"{s['source']}/{s['stream']} {_n(s['received'])} in ({_n(s['new'])} new, "
-        f"{_n(s['changed'])} changed, {_n(s['rejected'])} rejected)" for s in streams))
+    for i, st in enumerate(streams):
+        lines.append(("  ingest    " if i == 0 else "            ")
+                     + f"{st['source'] + '/' + st['stream']:<22} {_n(st['received']):>7} in: "
+                     f"{_n(st['new'])} new, {_n(st['changed'])} changed, "
+                     f"{_n(st['rejected'])} rejected")
     stages = summary.get("stages", {})
     v = stages.get("validate", {})
     failing = ", ".join(f"{c['check_id']} {_n(c['failed'])}" for c in v.get("checks", [])
@@ -55,10 +67,10 @@ def render(summary: dict[str, Any]) -> str:
                          f"({_n(ct['count'])} orders)")
     for key in ("report", "lineage"):
         if summary.get(key):
-            lines.append(f"  {key:<9} {summary[key]}")
+            lines.append(f"  {key:<9} {_rel(summary[key])}")
     exports = r.get("exports") or []
     if exports:
-        lines.append(f"  exports   {len(exports)} Parquet files in {exports[0].rsplit('/', 1)[0]}")
+        lines.append(f"  exports   {len(exports)} Parquet files in {_rel(Path(exports[0]).parent)}")
     if summary.get("seconds") is not None:
         lines.append(f"  took      {summary['seconds']} s")
     return "\n".join(lines)

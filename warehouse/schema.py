@@ -370,3 +370,5 @@ reconciliation = Table(
 Index("ix_order_lines_order", order_lines.c.order_id)
 Index("ix_allocations_line", allocations.c.order_line_id)
 Index("ix_payments_reference", payments.c.reference)
+# "are this order's pushes all done?" is asked per order: without it that is a scan per order
+Index("ix_outbox_order_operation", outbox.c.order_id, outbox.c.operation)

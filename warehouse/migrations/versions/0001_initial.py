@@ -249,6 +249,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_outbox_idempotency_key")),
     )
     op.create_index(op.f("ix_outbox_status"), "outbox", ["status"], unique=False)
+    op.create_index("ix_outbox_order_operation", "outbox", ["order_id", "operation"], unique=False)
     op.create_table(
         "quarantine",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -324,6 +325,7 @@ def downgrade() -> None:
     op.drop_table("allocations")
     op.drop_index(op.f("ix_quarantine_order_id"), table_name="quarantine")
     op.drop_table("quarantine")
+    op.drop_index("ix_outbox_order_operation", table_name="outbox")
     op.drop_index(op.f("ix_outbox_status"), table_name="outbox")
     op.drop_table("outbox")
     op.drop_index("ix_order_lines_order", table_name="order_lines")
