@@ -13,6 +13,13 @@ CONNECTORS: dict[str, str] = {
     "shopify": "connectors.shopify:ShopifyConnector",
     "jiandaoyun": "connectors.jiandaoyun:JiandaoyunConnector",
     "kingdee": "connectors.kingdee:KingdeeConnector",
+    "sap": "connectors.sap:SapConnector",
+    "u8": "connectors.u8:U8Connector",
+    "fxiaoke": "connectors.fxiaoke:FxiaokeConnector",
+    "stripe": "connectors.stripe:StripeConnector",
+    "woocommerce": "connectors.woocommerce:WooCommerceConnector",
+    "files": "connectors.files:FileDropConnector",
+    "rest": "connectors.rest:DeclaredRestConnector",
 }
 
 

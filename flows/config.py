@@ -16,11 +16,12 @@ from typing import Any
 
 import yaml
 
+from connectors.registry import CONNECTORS
+
 # Which canonical streams each role pulls, and the order ingest takes them in: masters before
 # orders (customer and price checks need them), payments last.
 PULL_ROLES = ("customers", "prices", "stock", "orders", "payments")
 PUSH_ROLES = ("fulfilment_target", "sales_order_target", "invoice_target")
-KNOWN_SYSTEMS = ("shopify", "jiandaoyun", "kingdee")
 SOURCE_KEYS = {"system", "base_url", "auth", "roles", "options", "rate_limit", "lookback_seconds",
                "timeout"}
 TOP_KEYS = {"warehouse", "paths", "sources", "checks", "allocation", "invoicing", "reconciliation"}
@@ -162,8 +163,8 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
         raise _fail(path, f"{key}.{sorted(unknown)[0]}",
                     f"unknown key (known: {', '.join(sorted(SOURCE_KEYS))})")
     system = src.get("system")
-    if system not in KNOWN_SYSTEMS:
-        raise _fail(path, f"{key}.system", f"{system!r} is not one of {', '.join(KNOWN_SYSTEMS)}")
+    if system not in CONNECTORS:
+        raise _fail(path, f"{key}.system", f"{system!r} is not one of {', '.join(CONNECTORS)}")
     if not src.get("base_url"):
         raise _fail(path, f"{key}.base_url", "missing")
     roles = src.get("roles") or []

@@ -28,6 +28,13 @@ FAKES: dict[str, tuple[str, str]] = {
     "shopify": ("sandbox.shopify", "ShopifyFake"),
     "jiandaoyun": ("sandbox.jiandaoyun", "JiandaoyunFake"),
     "kingdee": ("sandbox.kingdee", "KingdeeFake"),
+    "sap": ("sandbox.sap", "SapFake"),
+    "u8": ("sandbox.u8", "U8Fake"),
+    "fxiaoke": ("sandbox.fxiaoke", "FxiaokeFake"),
+    "stripe": ("sandbox.stripe", "StripeFake"),
+    "woocommerce": ("sandbox.woocommerce", "WooCommerceFake"),
+    "files": ("sandbox.files", "FileDropFake"),
+    "rest": ("sandbox.rest", "RestFake"),
 }
 
 
