@@ -58,6 +58,7 @@ from warehouse.schema import (
     prices,
     products,
     raw_records,
+    receivables,
     rejected_records,
     stock,
     sync_state,
@@ -275,6 +276,21 @@ def _payment_row(rec: dict, source: str) -> dict:
     }
 
 
+def _receivable_row(rec: dict, source: str) -> dict:
+    return {
+        "source": source,
+        "external_id": rec.get("external_id"),
+        "invoice_no": rec.get("invoice_no"),
+        "order_ref": rec.get("order_ref"),
+        "customer_code": rec.get("customer_code"),
+        "currency": rec.get("currency"),
+        "amount": rec.get("amount"),
+        "open_amount": rec.get("open_amount"),
+        "issued_at": rec.get("issued_at"),
+        "due_date": rec.get("due_date"),
+    }
+
+
 def _upsert_products(conn: Connection, rows: list[dict], batch: _Batch) -> None:
     by_sku = {r["sku"]: r["_name"] for r in rows}
     _upsert(
@@ -308,6 +324,8 @@ KINDS: dict[str, _Kind] = {
     "prices": _Kind(prices, ("sku", "currency"), ("sku", "currency", "price"), _price_row, _upsert_products),
     "stock": _Kind(stock, ("sku", "warehouse"), ("sku", "warehouse", "qty"), _stock_row, _upsert_warehouses),
     "payments": _Kind(payments, ("source", "external_id"), ("currency", "amount"), _payment_row),
+    "receivables": _Kind(receivables, ("source", "external_id"), ("currency", "amount"),
+                         _receivable_row),
     # orders have their own path (lines, states, events): see _land_orders
     "orders": _Kind(orders, ("source", "external_id"), (), lambda rec, source: {}),
 }

@@ -340,6 +340,27 @@ payments = Table(
     UniqueConstraint("source", "external_id", name="uq_payments_key"),
 )
 
+# Open items / billing documents as an ERP or CRM reports them (SAP billing documents, U8
+# receivables, Fxiaoke invoice applications): what the source thinks is owed.
+receivables = Table(
+    "receivables",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("external_id", String(128), nullable=False),
+    Column("invoice_no", String(128)),
+    Column("order_ref", String(128)),
+    Column("customer_code", String(64)),
+    Column("currency", String(3), nullable=False),
+    Column("amount", MONEY, nullable=False),
+    Column("open_amount", MONEY),
+    _ts("issued_at"),
+    Column("due_date", Date),
+    Column("content_hash", String(64), nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+    UniqueConstraint("source", "external_id", name="uq_receivables_key"),
+)
+
 payment_matches = Table(
     "payment_matches",
     metadata,
