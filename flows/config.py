@@ -23,7 +23,8 @@ from connectors.registry import CONNECTORS
 PULL_ROLES = ("customers", "prices", "stock", "orders", "payments")
 PUSH_ROLES = ("fulfilment_target", "sales_order_target", "invoice_target")
 SOURCE_KEYS = {"system", "base_url", "auth", "roles", "options", "rate_limit", "lookback_seconds",
-               "timeout"}
+               "timeout", "retry"}
+RETRY_KEYS = {"max_retries", "backoff_base", "backoff_max", "retry_after_max"}
 TOP_KEYS = {"warehouse", "paths", "sources", "checks", "allocation", "invoicing", "reconciliation"}
 
 
@@ -183,7 +184,11 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
     if rate is not None and (not isinstance(rate, int | float) or rate < 0):
         raise _fail(path, f"{key}.rate_limit",
                     "requests per second must be a number (0 turns the client-side limit off)")
+    retry = src.get("retry") or {}
+    if not isinstance(retry, dict) or set(retry) - RETRY_KEYS:
+        raise _fail(path, f"{key}.retry", f"expected a mapping of {', '.join(sorted(RETRY_KEYS))}")
     return {"system": system, "base_url": src["base_url"], "auth": auth, "roles": list(roles),
+            "retry": dict(retry),
             "options": dict(src.get("options") or {}), "rate_limit": rate,
             "lookback_seconds": int(src.get("lookback_seconds", 600)),
             "timeout": float(src.get("timeout", 30))}
