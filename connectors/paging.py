@@ -165,3 +165,126 @@ def _key(token: Any) -> Hashable:
         return token
     except TypeError:
         return repr(token)
+
+
+class PageNumberPaginator(Paginator):
+    """WordPress/WooCommerce-style: ``page=1, 2, ...`` until the total-pages count or a short page.
+
+    The total comes from a response header (``X-WP-TotalPages``) or a body path
+    (``("meta", "total_pages")``) when the API sends one; otherwise a short or empty page ends the
+    read. Page numbers never repeat by construction, so the repeated-token guard alone would not
+    catch an API that ignores ``page`` and answers page 1 again: this paginator also refuses a page
+    whose records (by ``id_field``, else their full content) repeat an earlier page's.
+    """
+
+    def __init__(
+        self,
+        page_size: int,
+        *,
+        param: str = "page",
+        start: int = 1,
+        total_pages_header: str | None = None,
+        total_pages_path: tuple[str, ...] | str | None = None,
+        id_field: str | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(page_size, start=start, **kw)
+        self.param = param
+        self.start = start
+        self.total_pages_header = total_pages_header
+        self.total_pages_path = _path(total_pages_path) if total_pages_path else None
+        self.id_field = id_field
+        self.total_pages: int | None = None  # as the API last reported it
+        self._pages_seen: dict[Hashable, int] = {}  # page fingerprint -> its page number
+
+    def next_token(self, records: list[Any], headers: Mapping[str, str], body: Any) -> Any:
+        current = int(self.token)
+        if not records:
+            return None  # past the end (WooCommerce answers [] for a page beyond the last)
+        fingerprint = self._fingerprint(records)
+        if fingerprint in self._pages_seen:
+            raise PaginationError(
+                self.source,
+                f"page {current} repeated the records of page {self._pages_seen[fingerprint]} "
+                f"({self.param!r} ignored?); stopping instead of looping forever",
+            )
+        self._pages_seen[fingerprint] = current
+        self.total_pages = self._read_total(headers, body)
+        if self.total_pages is not None:
+            last = self.start + self.total_pages - 1
+            return current + 1 if current < last else None
+        return current + 1 if len(records) >= self.page_size else None
+
+    def _read_total(self, headers: Mapping[str, str], body: Any) -> int | None:
+        raw: Any = None
+        if self.total_pages_header:
+            raw = _header(headers, self.total_pages_header)
+        if raw is None and self.total_pages_path:
+            raw = _dig(body, self.total_pages_path)
+        if raw is None or raw == "":
+            return None
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            where = self.total_pages_header or ".".join(self.total_pages_path or ())
+            raise PaginationError(
+                self.source, f"total pages {str(raw)[:40]!r} (from {where}) is not a whole number"
+            ) from None
+
+    def _fingerprint(self, records: list[Any]) -> Hashable:
+        if self.id_field:
+            ids = tuple(r.get(self.id_field) if isinstance(r, Mapping) else None for r in records)
+            if any(i is not None for i in ids):
+                return tuple(_key(i) for i in ids)
+        return hash(repr(records))  # no ids: the page's content stands in for them
+
+
+class CursorFieldPaginator(Paginator):
+    """HubSpot/partner-style: the next token is a field of the response body.
+
+    ``cursor_path`` is where it sits (``"meta.next_cursor"``, ``("paging", "next", "after")``);
+    the read ends when it is missing, null or "" — or when ``has_more_path`` (e.g. Stripe-like
+    ``"has_more"``) is present and false. The token goes back in ``param``.
+    """
+
+    def __init__(
+        self,
+        page_size: int,
+        *,
+        cursor_path: tuple[str, ...] | str,
+        param: str = "cursor",
+        has_more_path: tuple[str, ...] | str | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(page_size, **kw)
+        self.cursor_path = _path(cursor_path)
+        self.param = param
+        self.has_more_path = _path(has_more_path) if has_more_path else None
+
+    def next_token(self, records: list[Any], headers: Mapping[str, str], body: Any) -> Any:
+        if self.has_more_path is not None:
+            more = _dig(body, self.has_more_path)
+            if more is not None and not more:
+                return None
+        token = _dig(body, self.cursor_path)
+        if token is None or token == "":
+            return None
+        if isinstance(token, Mapping | list):
+            raise PaginationError(
+                self.source, f"next cursor at {'.'.join(self.cursor_path)!r} is not a value"
+            )
+        return token
+
+
+def _path(path: tuple[str, ...] | str) -> tuple[str, ...]:
+    """``"meta.next_cursor"`` or a tuple -> a tuple of keys."""
+    return tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+
+
+def _dig(data: Any, path: tuple[str, ...]) -> Any:
+    # Not connectors.base.dig: base imports this module, so this one stays import-free.
+    for key in path:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data

@@ -54,7 +54,8 @@ def _stage(config_path: str, flow_name: str, run_id: str | None
     own = run_id is None
     rid = run_id or runs.start_run(engine, flow_name)
     lineage = LineageWriter(settings.lineage_dir, rid)
-    job_run = lineage_run(rid, flow_name)
+    # alone, the stage is the root run; inside order_to_cash it is a child of the parent run
+    job_run = rid if own else lineage_run(rid, flow_name)
     io: dict[str, list] = {"inputs": [], "outputs": []}
     lineage.emit("START", flow_name, job_run)
     try:

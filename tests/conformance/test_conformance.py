@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-import tests.conformance as pkg
-from connectors.base import Cursor, parse_datetime, to_iso
-from connectors.http import AuthError, EmptyResultError, SourceError
-from connectors.registry import build_connector
-from sandbox.server import FakeServer
-from tests.conformance.case import Case
+# Plain `pytest` (unlike `python -m pytest`) puts tests/ on sys.path, not the project root, so
+# `tests.conformance` (and the cases' own `from tests.conformance.case import ...`) would not
+# import. Put the root there before importing the cases.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import tests.conformance as pkg  # noqa: E402
+from connectors.base import Cursor, parse_datetime, to_iso  # noqa: E402
+from connectors.http import AuthError, EmptyResultError, SourceError, reset_rate_limits  # noqa: E402
+from connectors.registry import build_connector  # noqa: E402
+from sandbox.server import FakeServer  # noqa: E402
+from tests.conformance.case import Case  # noqa: E402
 
 CASES: list[Case] = [
     importlib.import_module(f"{pkg.__name__}.{m.name}").CASE
@@ -31,6 +40,15 @@ def _ids(case: Case) -> str:
 @pytest.fixture(params=CASES, ids=_ids)
 def case(request) -> Case:
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    # Client-side rate buckets are per host:port and process-wide; a later test whose fake
+    # reuses a port would inherit an earlier case's (slower) bucket.
+    reset_rate_limits()
+    yield
+    reset_rate_limits()
 
 
 class Served:
