@@ -161,6 +161,18 @@ def test_failed_after_max_attempts(engine, orders):
     assert ob.pending_counts(engine) == {"shopify": {"fulfilment": {"failed": 1}}}
 
 
+def test_a_failed_attempt_is_retried_with_a_lookup_first(engine, orders):
+    """A failure may have happened after the target stored the document (a timeout, a lost
+    answer), so the retry must look before it creates."""
+    ob.enqueue(engine, RUN, "fulfilment", "shopify", ["shopify"])
+    (row,) = ob.claim(engine, "shopify", "fulfilment", 10)
+    assert row["recover"] is False  # never tried: create straight away
+    ob.mark_sending(engine, [row["id"]])
+    ob.mark_failed(engine, [(row["id"], "read timed out")])
+    (again,) = ob.claim(engine, "shopify", "fulfilment", 10, lease_seconds=0)
+    assert (again["status"], again["attempts"], again["recover"]) == ("pending", 1, True)
+
+
 def test_sending_rows_come_back_with_recover_after_the_lease(engine, orders):
     ob.enqueue(engine, RUN, "fulfilment", "shopify", ["shopify"])
     (row,) = ob.claim(engine, "shopify", "fulfilment", 10)

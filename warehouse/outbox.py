@@ -8,8 +8,9 @@ Life of a row: ``pending`` -> ``sending`` (the request may have left) -> ``done`
   picks the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), and skips rows another worker
   claimed within the lease, so two workers never take the same row.
 - ``mark_sending`` is committed before the request leaves. A row found still ``sending`` after
-  its lease has expired may have reached the target before a crash: ``claim`` returns it with
-  ``recover=True`` and the connector looks for the remote document before creating one.
+  its lease has expired, or any row with an earlier attempt, may have reached the target:
+  ``claim`` returns it with ``recover=True`` and the connector looks for the remote document
+  before creating one.
 - ``mark_done`` only on confirmed success; ``mark_failed`` puts the row back to ``pending``
   until ``max_attempts``, then ``failed`` (left for a person, never retried silently).
 """
@@ -346,7 +347,9 @@ def claim(
     )
     with begin_write(engine) as conn:
         rows = conn.execute(stmt).mappings().all()
-    claimed = [{**r, "recover": r["status"] == "sending"} for r in rows]
+    # Any earlier attempt may have reached the target (a timeout after the remote create, a
+    # lost answer): such a row is looked up before it is created again, not only `sending` ones.
+    claimed = [{**r, "recover": r["status"] == "sending" or r["attempts"] > 0} for r in rows]
     claimed.sort(key=lambda r: r["id"])  # RETURNING order is not guaranteed
     return claimed
 
