@@ -9,19 +9,33 @@
 
 Importing this package is cheap (stdlib only): the fakes and the server are imported when a
 sandbox starts, so ``orderhub`` commands that never start one do not pay for them.
+
+A fake whose class says ``serves_http = False`` (the file drop) is not served: ``start()``
+prepares its folder and returns its ``base_url`` (``file:///...``), ``stop()`` removes it.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # for annotations only; never imported at runtime here
     from sandbox.generator import Dataset
     from sandbox.server import FakeApp, FakeServer
 
-__all__ = ["FAKES", "Sandbox", "start_sandbox"]
+__all__ = ["FAKES", "LocalFake", "Sandbox", "start_sandbox"]
+
+
+class LocalFake(Protocol):
+    """A fake that serves no HTTP (``serves_http = False``), e.g. a folder of dropped files."""
+
+    serves_http: bool
+
+    def start(self) -> str: ...  # prepare (idempotent); returns the connector's base_url
+
+    def stop(self) -> None: ...  # clean up; safe to call twice
+
 
 # system -> (module, class): each class is built as ``Fake(dataset, fast=fast)``.
 FAKES: dict[str, tuple[str, str]] = {
@@ -42,9 +56,10 @@ class Sandbox:
     """Running fakes: ``apps`` for counters and faults, ``urls`` and ``sources()`` for config."""
 
     def __init__(self) -> None:
-        self.apps: dict[str, FakeApp] = {}
+        self.apps: dict[str, FakeApp | LocalFake] = {}
         self.servers: dict[str, FakeServer] = {}
-        self.urls: dict[str, str] = {}  # system -> http://127.0.0.1:<port>
+        self.local: dict[str, LocalFake] = {}  # system -> a started fake that serves no HTTP
+        self.urls: dict[str, str] = {}  # system -> http://127.0.0.1:<port> (or file:///...)
 
     def sources(self) -> dict[str, dict[str, Any]]:
         """Per system, what a connector config needs: ``base_url``, ``auth``, ``options``.
@@ -62,10 +77,13 @@ class Sandbox:
         return out
 
     def stop(self) -> None:
-        """Stop every server; safe to call twice."""
+        """Stop every server and clean up every local fake; safe to call twice."""
         while self.servers:
             _, server = self.servers.popitem()
             server.stop()
+        while self.local:
+            _, fake = self.local.popitem()
+            fake.stop()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -99,6 +117,11 @@ def start_sandbox(
         for system in dict.fromkeys(systems):  # de-duplicated, order kept
             module, name = FAKES[system]
             app = getattr(importlib.import_module(module), name)(dataset, fast=fast)
+            if not getattr(app, "serves_http", True):
+                sandbox.apps[system] = app
+                sandbox.local[system] = app  # registered first: stop() cleans up on failure
+                sandbox.urls[system] = app.start()
+                continue
             server = FakeServer(app)
             server.start()
             sandbox.apps[system] = app

@@ -22,6 +22,9 @@ class Made:
     app: FakeApp
     cfg: Callable[[str], dict]  # base_url -> connector cfg (small pages, tiny backoff, lookback)
     base_path: str = ""          # appended to the server URL to form base_url
+    # A case with http=False: its fake is a started local fake (start()/stop(), e.g. a folder of
+    # files) and this is the base_url cfg() gets instead of a server URL.
+    base_url: str | None = None
 
 
 @dataclass

@@ -55,9 +55,13 @@ class Served:
     def __init__(self, case: Case, n: int, ties: int = 0):
         made = case.make(n, ties)
         self.app = made.app
-        self.server = FakeServer(made.app)
-        self.server.start()
-        self.cfg = made.cfg(self.server.url + made.base_path)
+        self.server: FakeServer | None = None
+        if case.http:
+            self.server = FakeServer(made.app)
+            self.server.start()
+            self.cfg = made.cfg(self.server.url + made.base_path)
+        else:  # a local fake (file drop): make() prepared it, nothing to serve
+            self.cfg = made.cfg(made.base_url or "")
         self.case = case
 
     def connector(self, cfg: dict | None = None):
@@ -71,7 +75,10 @@ class Served:
         return [r for r in self.app.requests if self.case.is_data_request(r)]
 
     def close(self):
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
+        else:
+            self.app.stop()
 
 
 @pytest.fixture
