@@ -38,7 +38,12 @@ def pull_stream(settings: Settings, engine: Engine, run_id: str, source: str, st
     progress("%s/%s: %s received, %s new, %s changed, %s rejected", source, stream,
              f"{totals.received:,}", f"{totals.new:,}", f"{totals.changed:,}",
              f"{totals.rejected:,}")
-    return {"source": source, "stream": stream, **totals.as_dict()}
+    # File drops set aside whole files they cannot read (each with its reason): say so.
+    bad_files = [{"file": name, "reason": reason}
+                 for name, reason in getattr(connector, "quarantined_files", [])]
+    for bad in bad_files:
+        progress("%s/%s: file quarantined: %s", source, stream, bad["reason"])
+    return {"source": source, "stream": stream, **totals.as_dict(), "bad_files": bad_files}
 
 
 def _land(engine, run_id, connector, source, stream, records, cursor) -> load.LoadCounts:

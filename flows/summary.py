@@ -31,6 +31,11 @@ def render(summary: dict[str, Any]) -> str:
                      + f"{st['source'] + '/' + st['stream']:<22} {_n(st['received']):>7} in: "
                      f"{_n(st['new'])} new, {_n(st['changed'])} changed, "
                      f"{_n(st['rejected'])} rejected")
+    bad_files = [b for st in streams for b in st.get("bad_files", [])]
+    if bad_files:
+        lines.append(f"            {len(bad_files)} file(s) quarantined: "
+                     + "; ".join(b["reason"] for b in bad_files[:3])
+                     + (" ..." if len(bad_files) > 3 else ""))
     stages = summary.get("stages", {})
     v = stages.get("validate", {})
     failing = ", ".join(f"{c['check_id']} {_n(c['failed'])}" for c in v.get("checks", [])
