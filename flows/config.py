@@ -184,6 +184,7 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
     if rate is not None and (not isinstance(rate, int | float) or rate < 0):
         raise _fail(path, f"{key}.rate_limit",
                     "requests per second must be a number (0 turns the client-side limit off)")
+    _check_connector_options(path, key, name, system, src.get("options") or {}, roles)
     retry = src.get("retry") or {}
     if not isinstance(retry, dict) or set(retry) - RETRY_KEYS:
         raise _fail(path, f"{key}.retry", f"expected a mapping of {', '.join(sorted(RETRY_KEYS))}")
@@ -192,6 +193,21 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
             "options": dict(src.get("options") or {}), "rate_limit": rate,
             "lookback_seconds": int(src.get("lookback_seconds", 600)),
             "timeout": float(src.get("timeout", 30))}
+
+
+def _check_connector_options(path: Path, key: str, name: str, system: str, options: dict,
+                             roles: list[str]) -> None:
+    """A connector that declares more in ``options`` (the declared REST source) checks it here,
+    with no secrets and no HTTP, so a typo shows at load time with the file's name."""
+    from connectors.registry import connector_class
+
+    check = getattr(connector_class(system), "check_options", None)
+    if check is None:
+        return
+    try:
+        check(name, options, roles)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
 
 
 def _anchor_sqlite(url: str, root: Path) -> str:

@@ -82,3 +82,17 @@ def test_serve_explains_that_schedules_need_a_server():
     assert out.returncode == 2
     assert "need a running Prefect server" in out.stderr
     assert "PREFECT_API_URL" in out.stderr
+
+
+def test_a_declared_rest_source_is_checked_when_the_config_loads(tmp_path, capsys):
+    raw = yaml.safe_load((ROOT / "orderhub.yaml").read_text())
+    example = yaml.safe_load((ROOT / "examples" / "rest-source.yaml").read_text())
+    name, src = next(iter(example["sources"].items()))
+    stream = next(iter(src["options"]["streams"].values()))
+    stream["paginator"]["type"] = "pages"
+    raw["sources"][name] = src
+    bad = tmp_path / "orderhub.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    assert main(["check-config", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "paginator.type" in err and "'pages'" in err
