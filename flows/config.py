@@ -25,7 +25,8 @@ PUSH_ROLES = ("fulfilment_target", "sales_order_target", "invoice_target")
 SOURCE_KEYS = {"system", "base_url", "auth", "roles", "options", "rate_limit", "lookback_seconds",
                "timeout", "retry"}
 RETRY_KEYS = {"max_retries", "backoff_base", "backoff_max", "retry_after_max"}
-TOP_KEYS = {"warehouse", "paths", "sources", "checks", "allocation", "invoicing", "reconciliation"}
+TOP_KEYS = {"warehouse", "paths", "sources", "checks", "gate", "allocation", "invoicing",
+            "notifications", "reconciliation", "ops", "alerts", "kpis"}
 
 
 class ConfigError(ValueError):

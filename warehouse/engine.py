@@ -222,20 +222,23 @@ def migrate(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             # serialise concurrent migrators; released at commit
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('orderhub.migrate'))"))
-        command.upgrade(_alembic_config(conn), "head")
+        # "heads": every branch, so migrations written side by side apply before they are
+        # put in one line
+        command.upgrade(_alembic_config(conn), "heads")
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at (None before the first migration)."""
+    """The Alembic revision(s) the database is at, comma-joined (None before the first)."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None
 
 
 def head_revision() -> str:
-    """The newest revision among the migration scripts: what ``migrate`` brings a database to."""
+    """The newest revision(s) of the migration scripts, comma-joined: what ``migrate`` reaches."""
     from alembic.script import ScriptDirectory
 
     cfg = _alembic_config(None)
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    return ",".join(sorted(ScriptDirectory.from_config(cfg).get_heads()))
