@@ -7,11 +7,16 @@ need them, so ``orderhub --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+# Each exposes add_commands(subparsers); missing ones are skipped.
+COMMAND_MODULES = ("flows.cmd_quarantine", "flows.cmd_rollback", "flows.cmd_allocate",
+                   "flows.cmd_kpis")
 STAGES = ("order_to_cash", "ingest", "validate", "allocate", "push", "invoice", "reconcile")
 
 
@@ -68,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run order_to_cash once against the local sandbox fakes")
     demo.add_argument("--orders", type=int, default=5000, help="orders to seed (default 5000)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
-    demo.add_argument("--config", default="orderhub.yaml", help="base config (default %(default)s)")
+    demo.add_argument("--config", default=None,
+                      help="base config (default orderhub.yaml; with --channels "
+                           "examples/orderhub.all.yaml)")
+    demo.add_argument("--channels", default=None, metavar="all|CH,CH,...",
+                      help="seed and run these channels (all, or a comma list of shopify, "
+                           "jiandaoyun, kingdee, sap, u8, fxiaoke, woocommerce, files, rest, "
+                           "stripe); default: the three-channel demo")
     demo.add_argument("--fresh", action="store_true", help="start from an empty warehouse")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("-v", "--verbose", action="store_true")
@@ -88,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate orderhub.yaml and say what it declares")
     check.add_argument("--config", default="orderhub.yaml")
     check.set_defaults(func=cmd_check_config)
+
+    # Command groups in modules of their own (each keeps its imports light at module level).
+    for module in COMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).add_commands(sub)
     return p
 
 
@@ -117,7 +133,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    summary = run_demo(config=args.config, orders=args.orders, seed=args.seed, fresh=args.fresh)
+    if args.channels is None:  # the three-channel demo, unchanged
+        summary = run_demo(config=args.config or "orderhub.yaml", orders=args.orders,
+                           seed=args.seed, fresh=args.fresh)
+    else:
+        summary = run_demo(config=args.config, orders=args.orders, seed=args.seed,
+                           fresh=args.fresh, channels=args.channels)
     if args.json:
         _print_json(summary)
     else:

@@ -1,16 +1,26 @@
 """A seeded, deterministic order-to-cash world for the sandbox fakes, and the truth it planted.
 
-``generate(seed, orders, ...)`` builds masters (customers, products with CNY and USD list prices,
-warehouses, stock), orders in three channels and Kingdee receipts (payments), and a ``Truth`` that
-says, for every order, where it must end up: clean (with the allocation rule of every line and the
-invoice's payment status), defective (with the ONE check that must fail) or rejected (unparseable).
+``generate(seed, orders, ..., channels=CHANNELS)`` builds masters (customers, products with CNY
+and USD list prices, warehouses, stock), orders split over the order channels and receipts
+(payments), and a ``Truth`` that says, for every order, where it must end up: clean (with the
+allocation rule of every line and the invoice's payment status), defective (with the ONE check
+that must fail) or rejected (unparseable).
+
+Channels: the default ``("shopify", "jiandaoyun", "kingdee")`` gives exactly the dataset this
+module always gave (the end-to-end tests and the demo pin it). Adding any of ``sap``, ``u8``,
+``fxiaoke``, ``woocommerce``, ``files``, ``rest`` splits the orders over every listed channel (each
+with its own ids and order numbers, see ``_number``); adding ``stripe`` (a payment system, not an
+order channel) sends the e-commerce orders' payments (shopify, woocommerce) through Stripe, and
+then every payment carries ``system`` ("stripe" or "kingdee"). Channels come out in the canonical
+order of ``ORDER_CHANNELS`` whatever order they are given in.
 
 Everything is derived from ``random.Random(seed)`` and the fixed ``BASE_DATE``, never ``now()``:
 two calls with the same arguments give equal datasets. Stdlib only; money is ``Decimal``.
 
 The rules the truth assumes (the checks and the allocator must agree with them):
 
-- ``customer_known``: shopify orders resolve by ``customer_email``, the others by ``customer_code``.
+- ``customer_known``: shopify and woocommerce orders resolve by ``customer_email``, the others by
+  ``customer_code``.
 - ``price_matches_list``: each line's unit price equals the list price of its SKU *in the order's
   currency*. The check only compares where such a list price exists: an unknown SKU or a currency
   without a price list (EUR) has nothing to compare with, so it fails ``sku_known`` or
@@ -19,8 +29,9 @@ The rules the truth assumes (the checks and the allocator must agree with them):
 - ``currency_allowed``: CNY or USD. ``required_fields``: ``ship_region`` is missing.
 - ``not_duplicate``: two orders share (resolved customer, UTC order date, currency, total, sorted
   (sku, qty, unit_price) lines); the one ordered later is the duplicate. Every planted duplicate is
-  a jiandaoyun copy of an earlier clean shopify order, ordered (and updated) strictly later on the
-  same UTC date; no other two orders share that key.
+  a copy, in another channel, of an earlier clean order, ordered (and updated) strictly later on the
+  same UTC date: jiandaoyun copies of shopify orders and, when both channels are listed, fxiaoke
+  copies of woocommerce orders (``DUPLICATE_PAIRS``); no other two orders share that key.
 - Allocation: ``home_region`` when a warehouse in the order's ``ship_region`` holds enough for the
   whole line, else ``any_stock`` when another warehouse does, else ``backorder``. Stock is either
   zero or at least the whole demand for the SKU across all orders, so the outcome never depends on
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -42,9 +54,19 @@ from decimal import Decimal
 BASE_DATE = datetime(2026, 11, 1, tzinfo=UTC)
 WINDOW = timedelta(days=30)  # orders fall in the 30 days before BASE_DATE
 _WINDOW_S = int(WINDOW.total_seconds())
-CHANNELS = ("shopify", "jiandaoyun", "kingdee")
-CHANNEL_SHARE = {"shopify": Decimal("0.40"), "jiandaoyun": Decimal("0.36")}  # kingdee: the rest
-CHANNEL_CURRENCY = {"shopify": "USD", "jiandaoyun": "CNY", "kingdee": "CNY"}
+CHANNELS = ("shopify", "jiandaoyun", "kingdee")  # the default: what the demo and e2e pin
+NEW_CHANNELS = ("sap", "u8", "fxiaoke", "woocommerce", "files", "rest")
+ORDER_CHANNELS = CHANNELS + NEW_CHANNELS  # canonical order; the last listed takes the remainder
+PAYMENT_SYSTEMS = ("stripe",)  # not order channels: where e-commerce payments go when listed
+ALL_CHANNELS = ORDER_CHANNELS + PAYMENT_SYSTEMS
+# Relative share of the orders; with the default channels 40/36/24 % as always.
+CHANNEL_WEIGHT = {"shopify": 40, "jiandaoyun": 36, "kingdee": 24, "sap": 20, "u8": 16,
+                  "fxiaoke": 16, "woocommerce": 24, "files": 12, "rest": 12}
+CHANNEL_CURRENCY = {ch: "CNY" for ch in ORDER_CHANNELS} | {"shopify": "USD", "woocommerce": "USD"}
+EMAIL_CHANNELS = frozenset({"shopify", "woocommerce"})  # name the buyer by e-mail, not by code
+ECOMMERCE = frozenset({"shopify", "woocommerce"})  # paid through Stripe when it is listed
+# (original's channel, copy's channel), planted in this order when both channels are listed.
+DUPLICATE_PAIRS = (("shopify", "jiandaoyun"), ("woocommerce", "fxiaoke"))
 REGIONS = ("east", "north", "south", "west")
 WAREHOUSE_CODES = {r: f"WH-{r.upper()}" for r in REGIONS}
 # The check ids, in the order the checks suite declares them.
@@ -78,6 +100,9 @@ _ITEMS = ("Kettle", "Lamp", "Mug", "Chair", "Desk", "Fan", "Heater", "Rug", "She
 _ADJ = ("Classic", "Compact", "Deluxe", "Eco", "Mini", "Pro", "Smart", "Travel", "Slim", "Max")
 _GROUPS = ("retail", "wholesale", "vip")
 _UNMATCHED_REFS = ("XSDD9{:05d}", "JDY-9{:05d}", "#9{:06d}", "INV-X{:05d}")
+# channels whose order number is also the record's key: (format, first number)
+_NUMBER_FORMAT = {"sap": ("{:d}", 1000001), "woocommerce": ("{:d}", 20001),
+                  "files": ("DIST-{:06d}", 1), "rest": ("MKT-{:06d}", 1)}
 
 
 @dataclass
@@ -119,7 +144,9 @@ class Dataset:
 
     Beyond the documented keys, customers, products and stock rows carry a stable
     ``external_id`` (customers: a jiandaoyun-style 24-hex ``_id``; products and stock: numeric
-    Kingdee ids) so the fakes need not invent their own.
+    Kingdee ids) so the fakes need not invent their own. With "stripe" among the channels every
+    payment also carries ``system``: "kingdee" (a receipt: numeric id, ``bill_no`` "SKD...") or
+    "stripe" (a charge: id "ch_...", ``bill_no`` None); without it there is no such key.
     """
 
     customers: list[dict]
@@ -138,6 +165,9 @@ class Dataset:
         invoices = ", ".join(f"{s} {c[f'invoice.{s}']}" for s in INVOICE_STATUSES)
         rules = ", ".join(f"{r} {c[f'rule.{r}']}" for r in LINE_RULES)
         total = sum(len(rows) for rows in self.orders.values())
+        systems = Counter(p["system"] for p in self.payments if "system" in p)
+        # the per-system split only when payments name their system (stripe listed)
+        split = "".join(f"{s} {n}, " for s, n in sorted(systems.items()))
         return "\n".join([
             f"customers {len(self.customers)}, products {len(self.products)}, "
             f"warehouses {len(self.warehouses)}, stock rows {len(self.stock)}",
@@ -145,7 +175,7 @@ class Dataset:
             f"clean {c['clean']}, defects {c['defects']}, rejected {c['rejected']}",
             f"defects by check: {defects}",
             f"line rules: {rules}; backordered orders {c['backordered']}",
-            f"payments {len(self.payments)} (unmatched {c['unmatched_payments']}); "
+            f"payments {len(self.payments)} ({split}unmatched {c['unmatched_payments']}); "
             f"invoices {c['invoiced']}: {invoices}",
         ])
 
@@ -191,28 +221,50 @@ def generate(
     defect_rate: float = 0.04,
     duplicate_rate: float = 0.01,
     reject_rate: float = 0.004,
+    channels: Iterable[str] = CHANNELS,
 ) -> Dataset:
     """Build the dataset for ``seed``; deterministic, stdlib only.
 
     ``defect_rate`` covers the six per-order defect kinds (at least one of each is planted),
-    ``duplicate_rate`` the not_duplicate copies (at least one), ``reject_rate`` the unparseable
-    records (at least three, one per channel). All of them are part of ``orders``.
+    ``duplicate_rate`` the not_duplicate copies (at least one per duplicate pair),
+    ``reject_rate`` the unparseable records (at least one per channel). All of them are part of
+    ``orders``. ``channels``: order channels from ``ORDER_CHANNELS`` plus, optionally, "stripe".
     """
-    if orders < MIN_ORDERS:
-        raise ValueError(f"orders must be at least {MIN_ORDERS} to plant every defect kind")
+    listed = set(channels)
+    unknown = sorted(listed - set(ALL_CHANNELS))
+    if unknown:
+        raise ValueError(f"unknown channel(s) {', '.join(unknown)}; known: {', '.join(ALL_CHANNELS)}")
+    order_channels = tuple(ch for ch in ORDER_CHANNELS if ch in listed)
+    if not order_channels:
+        raise ValueError(f"channels need at least one order channel of {', '.join(ORDER_CHANNELS)}")
+    # every channel needs room for a rejected record, a defect or two and clean orders
+    minimum = max(MIN_ORDERS, 16 * len(order_channels))
+    if orders < minimum:
+        raise ValueError(f"orders must be at least {minimum} to plant every defect kind "
+                         f"in {len(order_channels)} channel(s)")
     for name, rate in (("defect_rate", defect_rate), ("duplicate_rate", duplicate_rate),
                        ("reject_rate", reject_rate)):
         if not 0 <= rate <= 0.2:
             raise ValueError(f"{name} must be between 0 and 0.2, got {rate}")
-    return _World(random.Random(seed), orders).build(defect_rate, duplicate_rate, reject_rate)
+    world = _World(random.Random(seed), orders, order_channels, stripe="stripe" in listed)
+    return world.build(defect_rate, duplicate_rate, reject_rate)
 
 
 class _World:
     """The generation steps; one instance per ``generate`` call."""
 
-    def __init__(self, rng: random.Random, orders: int) -> None:
+    def __init__(self, rng: random.Random, orders: int, channels: tuple[str, ...] = CHANNELS,
+                 stripe: bool = False) -> None:
         self.rng = rng
         self.n_orders = orders
+        self.channels = channels
+        self.stripe = stripe
+        # Only a non-default channel set may draw extra random numbers (spreading defects over
+        # every channel): the default must reproduce the historical dataset exactly.
+        self.extended = channels != CHANNELS
+        self.pairs = [p for p in DUPLICATE_PAIRS if p[0] in channels and p[1] in channels]
+        if not self.pairs and len(channels) > 1:
+            self.pairs = [(channels[0], channels[1])]  # some copy must exist: any two channels
         self.used_hex: set[str] = set()
         self.dup_keys: set[tuple] = set()  # every loaded order's duplicate key, kept unique
         self.seq = 0  # for unknown codes, emails and SKUs
@@ -222,16 +274,21 @@ class _World:
 
     def build(self, defect_rate: float, duplicate_rate: float, reject_rate: float) -> Dataset:
         self._masters()
-        n_dup = max(1, round(duplicate_rate * self.n_orders))
+        n_dup = max(len(self.pairs), round(duplicate_rate * self.n_orders)) if self.pairs else 0
+        # copies per pair, the first pairs taking the remainder
+        copies = [n_dup // len(self.pairs) + (i < n_dup % len(self.pairs))
+                  for i in range(len(self.pairs))]
         drafts = self._orders(
-            n_defects=max(len(_ROW_DEFECTS), round(defect_rate * self.n_orders)),
-            n_rejected=max(len(CHANNELS), round(reject_rate * self.n_orders)),
-            n_dup=n_dup,
+            # at least one of each kind, and (many channels) enough to give each channel one
+            n_defects=max(len(_ROW_DEFECTS), len(self.channels), round(defect_rate * self.n_orders)),
+            n_rejected=max(len(self.channels), round(reject_rate * self.n_orders)),
+            copies=copies,
         )
         for channel_drafts in drafts.values():
             # Ties before the copies exist, so a copy stays later than its original.
             _tie(channel_drafts, self.rng)
-        self._duplicates(drafts, n_dup)
+        for pair, n in zip(self.pairs, copies, strict=True):
+            self._duplicates(drafts, pair, n)
         self._number(drafts)
         stock = self._stock(drafts)
         truth = self._truth(drafts)
@@ -241,7 +298,7 @@ class _World:
             products=self.products,
             warehouses=[{"code": WAREHOUSE_CODES[r], "region": r} for r in REGIONS],
             stock=stock,
-            orders={ch: [d.row() for d in drafts[ch]] for ch in CHANNELS},
+            orders={ch: [d.row() for d in drafts[ch]] for ch in self.channels},
             payments=payments,
             truth=truth,
         )
@@ -300,23 +357,47 @@ class _World:
 
     # --- orders -------------------------------------------------------------------------------
 
-    def _orders(self, n_defects: int, n_rejected: int, n_dup: int) -> dict[str, list[_Draft]]:
+    def _orders(self, n_defects: int, n_rejected: int,
+                copies: list[int]) -> dict[str, list[_Draft]]:
         rng = self.rng
-        sizes = {ch: int((self.n_orders * share).to_integral_value())
-                 for ch, share in CHANNEL_SHARE.items()}
-        sizes["kingdee"] = self.n_orders - sum(sizes.values())
-        sizes["jiandaoyun"] -= n_dup  # the copies are jiandaoyun orders too
-        fates = {ch: ["clean"] * n for ch, n in sizes.items()}
+        channels = self.channels
+        weight = sum(CHANNEL_WEIGHT[ch] for ch in channels)
+        # Exact decimal shares (the default: 40 % and 36 %, rounded half-even); the last channel
+        # takes the remainder.
+        sizes = {ch: int((self.n_orders * Decimal(CHANNEL_WEIGHT[ch]) / weight)
+                         .to_integral_value()) for ch in channels[:-1]}
+        sizes[channels[-1]] = self.n_orders - sum(sizes.values())
+        for (_, copy_channel), n in zip(self.pairs, copies, strict=True):
+            sizes[copy_channel] -= n  # the copies are that channel's orders too
+        fates = {ch: ["clean"] * sizes[ch] for ch in channels}
 
         # Rejected records are spread over the channels so each channel has some.
-        for i, ch in enumerate(CHANNELS):
-            share = n_rejected // len(CHANNELS) + (i < n_rejected % len(CHANNELS))
+        for i, ch in enumerate(channels):
+            share = n_rejected // len(channels) + (i < n_rejected % len(channels))
             for j in rng.sample(range(len(fates[ch])), share):
                 fates[ch][j] = "rejected"
-        free_slots = [(ch, j) for ch in CHANNELS for j, f in enumerate(fates[ch]) if f == "clean"]
+        free_slots = [(ch, j) for ch in channels for j, f in enumerate(fates[ch]) if f == "clean"]
         for i, (ch, j) in enumerate(rng.sample(free_slots, n_defects)):
             fates[ch][j] = _ROW_DEFECTS[i % len(_ROW_DEFECTS)]  # round-robin: every kind planted
-        return {ch: [self._draft(ch, fate) for fate in fates[ch]] for ch in CHANNELS}
+        if self.extended:
+            self._spread_defects(fates)
+        return {ch: [self._draft(ch, fate) for fate in fates[ch]] for ch in channels}
+
+    def _spread_defects(self, fates: dict[str, list[str]]) -> None:
+        """Move defects (keeping their kinds) so every channel has one, where there are enough:
+        with many channels a random sample easily leaves a small channel without any."""
+        def defects(ch: str) -> list[int]:
+            return [j for j, f in enumerate(fates[ch]) if f in _ROW_DEFECTS]
+
+        for ch in self.channels:
+            if defects(ch):
+                continue
+            donor = max(self.channels, key=lambda c: len(defects(c)))
+            clean = [j for j, f in enumerate(fates[ch]) if f == "clean"]
+            if len(defects(donor)) < 2 or not clean:
+                return  # too few defects to give every channel one
+            j = defects(donor)[-1]
+            fates[ch][self.rng.choice(clean)], fates[donor][j] = fates[donor][j], "clean"
 
     def _draft(self, channel: str, fate: str) -> _Draft:
         rng = self.rng
@@ -329,7 +410,7 @@ class _World:
         # Defective and rejected orders stay off zero-stock SKUs: released, they would allocate.
         pool = self.all_skus if fate == "clean" else self.stocked_skus
         min_lines = 2 if fate == "qty_positive" else 1
-        shopify = channel == "shopify"
+        by_email = channel in EMAIL_CHANNELS
         while True:
             n_lines = rng.randint(min_lines, 4)
             lines = [
@@ -339,8 +420,8 @@ class _World:
             ]
             draft = _Draft(
                 channel=channel, fate=fate, customer=customer,
-                customer_code=None if shopify else customer["code"],
-                customer_email=customer["email"] if shopify else None,
+                customer_code=None if by_email else customer["code"],
+                customer_email=customer["email"] if by_email else None,
                 ordered_at=ordered_at,
                 updated_at=ordered_at + timedelta(seconds=rng.randrange(60, 900)),
                 currency=currency, ship_region=ship_region, lines=lines, total=Decimal(0),
@@ -360,7 +441,7 @@ class _World:
         self.seq += 1
         reason = None
         if d.fate == "customer_known":
-            if d.channel == "shopify":
+            if d.channel in EMAIL_CHANNELS:
                 d.customer_email = f"guest{self.seq}@example.net"  # master emails: example.com
             else:
                 d.customer_code = f"C{900000 + self.seq}"  # master codes have five digits
@@ -404,8 +485,11 @@ class _World:
         lines = tuple(sorted((ln["sku"], ln["qty"], ln["unit_price"]) for ln in d.lines))
         return (who, d.ordered_at.date(), d.currency, d.total, lines)
 
-    def _duplicates(self, drafts: dict[str, list[_Draft]], n_dup: int) -> None:
+    def _duplicates(self, drafts: dict[str, list[_Draft]], pair: tuple[str, str],
+                    n_dup: int) -> None:
+        """Plant ``n_dup`` copies, in channel ``pair[1]``, of clean ``pair[0]`` orders."""
         rng = self.rng
+        source, target = pair
         day = timedelta(days=1)
 
         def seconds_left(d: _Draft) -> int:  # until the end of its UTC day
@@ -413,36 +497,53 @@ class _World:
             return int((start + day - d.ordered_at).total_seconds())
 
         candidates = [
-            d for d in drafts["shopify"]
+            d for d in drafts[source]
             if d.fate == "clean" and seconds_left(d) > 60
             and all(self.stocked_in[ln["sku"]] for ln in d.lines)  # the copy is defective
         ]
-        for original in rng.sample(candidates, n_dup):
+        by_email = target in EMAIL_CHANNELS  # the copy names the customer the way its channel does
+        # a tiny extended dataset may hold fewer candidates than copies: plant what fits
+        for original in rng.sample(candidates, min(n_dup, len(candidates))):
             ordered_at = original.ordered_at + timedelta(
                 seconds=rng.randint(1, min(3600, seconds_left(original) - 1)))
-            drafts["jiandaoyun"].append(_Draft(
-                channel="jiandaoyun", fate="not_duplicate", customer=original.customer,
-                customer_code=original.customer["code"], customer_email=None,
+            drafts[target].append(_Draft(
+                channel=target, fate="not_duplicate", customer=original.customer,
+                customer_code=None if by_email else original.customer["code"],
+                customer_email=original.customer["email"] if by_email else None,
                 ordered_at=ordered_at,
                 updated_at=max(ordered_at, original.updated_at)
                 + timedelta(seconds=rng.randrange(60, 600)),
-                currency=original.currency,  # USD, with USD prices: a true copy
+                currency=original.currency,  # e.g. USD, with USD prices: a true copy
                 ship_region=original.ship_region,
                 lines=[dict(ln) for ln in original.lines], total=original.total,
                 original=original,
             ))
 
     def _number(self, drafts: dict[str, list[_Draft]]) -> None:
-        """Sort each channel by ordered_at and give out its order numbers and ids."""
-        for ch in CHANNELS:
+        """Sort each channel by ordered_at and give out its order numbers and ids.
+
+        Order numbers are distinct across channels (payments quote them as references):
+        shopify "#1001" / id 5000000001, jiandaoyun "JDY-000001" / 24-hex ``_id``, kingdee
+        "XSDD000001" / FID 100001, sap SalesOrder "1000001" (number and key), u8 code
+        "U8SO000001" / id 100001, fxiaoke "FX-000001" / 24-hex ``_id``, woocommerce number and
+        id "20001", files "DIST-000001" (number and key), rest "MKT-000001" (number and key).
+        """
+        for ch in self.channels:
             drafts[ch].sort(key=lambda d: d.ordered_at)  # stable: ties keep draft order
             for i, d in enumerate(drafts[ch]):
                 if ch == "shopify":
                     d.order_no, d.external_id = f"#{1001 + i}", str(5000000001 + i)
                 elif ch == "jiandaoyun":
                     d.order_no, d.external_id = f"JDY-{i + 1:06d}", self._object_id(d.ordered_at)
-                else:
+                elif ch == "kingdee":
                     d.order_no, d.external_id = f"XSDD{i + 1:06d}", str(100001 + i)
+                elif ch == "fxiaoke":
+                    d.order_no, d.external_id = f"FX-{i + 1:06d}", self._object_id(d.ordered_at)
+                elif ch == "u8":  # the voucher code is the number; the internal id is numeric
+                    d.order_no, d.external_id = f"U8SO{i + 1:06d}", str(100001 + i)
+                else:
+                    fmt, first = _NUMBER_FORMAT[ch]
+                    d.order_no = d.external_id = fmt.format(first + i)
 
     def _object_id(self, at: datetime) -> str:
         """A 24-hex id like jiandaoyun's ``_id``: creation seconds, then random bits."""
@@ -481,7 +582,7 @@ class _World:
 
     def _truth(self, drafts: dict[str, list[_Draft]]) -> Truth:
         truth = Truth()
-        for ch in CHANNELS:
+        for ch in self.channels:
             for d in drafts[ch]:
                 key = (ch, d.external_id)
                 if d.fate == "rejected":
@@ -516,10 +617,12 @@ class _World:
             row = {"reference": d.order_no, "customer_code": d.customer["code"],
                    "amount": amount, "currency": d.currency, "received_at": received,
                    "matched": True}
+            if self.stripe:  # e-commerce orders are paid by card, the others by bank receipt
+                row["system"] = "stripe" if d.channel in ECOMMERCE else "kingdee"
             rows.append(row)
             return row
 
-        invoiced = [d for ch in CHANNELS for d in drafts[ch]
+        invoiced = [d for ch in self.channels for d in drafts[ch]
                     if d.fate == "clean" and (ch, d.external_id) not in truth.backordered]
         statuses = [_status(rng.random()) for _ in invoiced]
         # A small dataset could miss a status by chance: take one from the most common status.
@@ -556,30 +659,47 @@ class _World:
                     break
             customer = rng.choice(self.customers)
             received = BASE_DATE - timedelta(seconds=rng.randrange(1, _WINDOW_S))
-            rows.append({
+            row = {
                 "reference": ref, "customer_code": customer["code"],
                 "amount": _cents(rng.randrange(1000, 500001)),
                 "currency": rng.choice(("CNY", "USD")), "received_at": received,
                 "matched": False,
-            })
+            }
+            if self.stripe:  # unmatched payments in both systems
+                row["system"] = "stripe" if i % 2 else "kingdee"
+            rows.append(row)
 
         rows.sort(key=lambda row: row["received_at"])
         out = []
-        for i, row in enumerate(rows):
-            fid = str(500001 + i)
+        numbered: Counter[str] = Counter()  # each system numbers its own payments
+        for row in rows:
+            system = row.get("system", "kingdee")
+            i = numbered[system]
+            numbered[system] += 1
+            if system == "stripe":  # a charge: Stripe-style id, no bill number
+                pid, bill_no = f"ch_{rng.getrandbits(96):024x}", None
+            else:  # a Kingdee receipt (AR_RECEIVEBILL): numeric FID and FBillNo
+                pid, bill_no = str(500001 + i), f"SKD{i + 1:06d}"
             if not row["matched"]:
-                truth.unmatched_payments.add(fid)
-            out.append({
-                "external_id": fid,
-                "bill_no": f"SKD{i + 1:06d}",
+                truth.unmatched_payments.add(pid)
+            payment = {
+                "external_id": pid,
+                "bill_no": bill_no,
                 "reference": row["reference"],
                 "customer_code": row["customer_code"],
                 "amount": row["amount"],
                 "currency": row["currency"],
                 "received_at": row["received_at"],
                 "updated_at": row["received_at"] + timedelta(seconds=rng.randrange(60, 600)),
-            })
-        _tie(out, rng, key="updated_at")
+            }
+            if "system" in row:
+                payment["system"] = system
+            out.append(payment)
+        by_system: dict[str | None, list[dict]] = {}
+        for payment in out:  # the default has no "system" key: one group, as always
+            by_system.setdefault(payment.get("system"), []).append(payment)
+        for group in by_system.values():  # ties within each system's stream
+            _tie(group, rng, key="updated_at")
         return out
 
 

@@ -321,7 +321,9 @@ class KingdeeFake(FakeApp):
             "SAL_PriceList": _price_rows(getattr(dataset, "products", None) or []),
             "STK_Inventory": _stock_rows(getattr(dataset, "stock", None) or [],
                                          getattr(dataset, "warehouses", None) or []),
-            "AR_RECEIVEBILL": _receipt_rows(getattr(dataset, "payments", None) or []),
+            # only receipts: with Stripe listed, card payments live in the Stripe fake
+            "AR_RECEIVEBILL": _receipt_rows([p for p in getattr(dataset, "payments", None) or []
+                                             if p.get("system", "kingdee") == "kingdee"]),
             "SAL_SaleOrder": _order_rows((getattr(dataset, "orders", None) or {})
                                          .get("kingdee", [])),
             "AR_receivable": [],

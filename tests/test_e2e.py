@@ -7,18 +7,18 @@ and assert that nothing changed. Runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, func, select
+from e2e_truth import check_truth as _check_truth
+from e2e_truth import snapshot as _snapshot
+from sqlalchemy import create_engine
 
 from flows.config import load_settings
 from flows.demo import write_sandbox_config
 from sandbox import start_sandbox
 from sandbox.generator import generate
-from warehouse import schema as s
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,70 +46,10 @@ def _config(tmp: Path, url: str) -> Path:
     return path
 
 
-def _snapshot(engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in s.metadata.sorted_tables}
-
-
 def _run(config: Path) -> dict:
     from flows.order_to_cash import order_to_cash
 
     return order_to_cash(config_path=str(config))
-
-
-def _check_truth(engine, sandbox, dataset, summary) -> None:
-    truth = dataset.truth
-    with engine.connect() as conn:
-        keys = {oid: (src, ext) for oid, src, ext in conn.execute(
-            select(s.orders.c.id, s.orders.c.source, s.orders.c.external_id))}
-        status = {keys[oid]: st for oid, st in conn.execute(select(s.orders.c.id, s.orders.c.status))}
-        failing: dict[tuple, set] = {}
-        for oid, check in conn.execute(select(s.quarantine.c.order_id, s.quarantine.c.check_id)):
-            failing.setdefault(keys[oid], set()).add(check)
-        rejected = {(src, ext) for src, ext in conn.execute(
-            select(s.rejected_records.c.source, s.rejected_records.c.external_id)
-            .where(s.rejected_records.c.stream == "orders"))}
-        rules = {}
-        for src, ext, line_no, rule in conn.execute(
-                select(s.orders.c.source, s.orders.c.external_id, s.order_lines.c.line_no,
-                       s.allocations.c.rule_id)
-                .join(s.order_lines, s.order_lines.c.order_id == s.orders.c.id)
-                .join(s.allocations, s.allocations.c.order_line_id == s.order_lines.c.id)):
-            rules[(src, ext, line_no)] = rule
-        recon = {keys[oid]: st for oid, st in conn.execute(
-            select(s.invoices.c.order_id, s.reconciliation.c.status)
-            .join(s.reconciliation, s.reconciliation.c.invoice_id == s.invoices.c.id))}
-        matched = {ext for (ext,) in conn.execute(
-            select(s.payments.c.external_id).join(
-                s.payment_matches, s.payment_matches.c.payment_id == s.payments.c.id))}
-        all_payments = {ext for (ext,) in conn.execute(select(s.payments.c.external_id))}
-
-    # Every seeded defect is quarantined by exactly the right check; nothing else is.
-    assert failing == {key: {check} for key, check in truth.defects.items()}
-    assert {k for k, st in status.items() if st == "quarantined"} == set(truth.defects)
-    # Unparseable records are rejected with their raw payload kept, never half-loaded.
-    assert rejected == set(truth.rejected)
-    assert not set(truth.rejected) & set(status)
-    # Every clean order went all the way; backordered ones wait for stock.
-    clean_done = truth.clean - truth.backordered
-    assert {k for k in clean_done if status[k] not in ("invoiced", "paid")} == set()
-    assert {k for k in truth.backordered if status[k] != "backordered"} == set()
-    assert {k: v for k, v in rules.items() if (k[0], k[1]) in truth.clean} == truth.line_rules
-    # Each document was created exactly once at its target.
-    shop = sandbox.apps["shopify"].creates
-    shop_expected = {("fulfilment", ext) for ch, ext in clean_done if ch == "shopify"}
-    assert set(shop) == shop_expected and set(shop.values()) == {1}
-    kd = sandbox.apps["kingdee"].creates
-    assert set(kd.values()) == {1}
-    kd_ops = Counter(op for op, _ in kd)
-    assert kd_ops["sales_order"] == len({k for k in truth.clean if k[0] != "kingdee"})
-    assert kd_ops["invoice"] == len(clean_done)
-    # Payments: every invoice's status and every unmatched payment as seeded.
-    assert recon == truth.invoice_status
-    assert all_payments - matched == truth.unmatched_payments
-    # Nothing lost: records in = loaded + quarantined + rejected (+ already held).
-    assert summary["records"]["balanced"]
 
 
 def _e2e(harness, dataset, tmp_path, url) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 import urllib.error
@@ -9,25 +11,51 @@ import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from sandbox import FAKES, start_sandbox
 from sandbox.generator import (
+    ALL_CHANNELS,
     BASE_DATE,
+    CHANNEL_CURRENCY,
+    CHANNELS,
     CHECK_IDS,
+    ECOMMERCE,
     INVOICE_STATUSES,
+    ORDER_CHANNELS,
     Dataset,
     generate,
 )
 
 CENT = Decimal("0.01")
 SIZES = (200, 5000)
+# A subset none of whose channels forms a preferred duplicate pair (a fallback pair is used),
+# without jiandaoyun or kingdee orders, but with Stripe.
+ODD_SET = ("woocommerce", "sap", "files", "stripe")
+VARIANTS = [(CHANNELS, n) for n in SIZES] + [(ALL_CHANNELS, 300), (ALL_CHANNELS, 5000),
+                                             (ODD_SET, 200)]
 
 
-@pytest.fixture(scope="module", params=SIZES, ids=lambda n: f"orders={n}")
+def _variant_id(v: tuple[tuple[str, ...], int]) -> str:
+    channels, n = v
+    name = "default" if channels == CHANNELS else "all" if channels == ALL_CHANNELS else "odd"
+    return f"{name}-orders={n}"
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=_variant_id)
 def ds(request: pytest.FixtureRequest) -> Dataset:
-    return generate(seed=7, orders=request.param)
+    channels, n = request.param
+    return generate(seed=7, orders=n, channels=channels)
+
+
+def order_channels(ds: Dataset) -> set[str]:
+    return set(ds.orders)
+
+
+def stripe_listed(ds: Dataset) -> bool:
+    return any("system" in p for p in ds.payments)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +84,8 @@ def failing_checks(ds: Dataset) -> dict[tuple[str, str], set[str]]:
         if key in ds.truth.rejected:
             continue
         failed = set()
-        customer = by_email.get(o["customer_email"]) if channel == "shopify" else by_code.get(
-            o["customer_code"])
+        customer = (by_code.get(o["customer_code"]) if o["customer_code"] is not None
+                    else by_email.get(o["customer_email"]))
         if customer is None:
             failed.add("customer_known")
         for ln in o["lines"]:
@@ -109,36 +137,104 @@ def test_too_few_orders_is_a_clear_error() -> None:
 
 def test_sizes_and_channel_split(ds: Dataset) -> None:
     n = sum(len(rows) for rows in ds.orders.values())
-    assert n in SIZES
+    assert n in {n for _, n in VARIANTS}
     assert len(ds.customers) == max(20, n // 10)
     assert 20 <= len(ds.products) <= 200
     assert [(w["code"], w["region"]) for w in ds.warehouses] == [
         ("WH-EAST", "east"), ("WH-NORTH", "north"), ("WH-SOUTH", "south"), ("WH-WEST", "west")]
     assert len(ds.stock) == 4 * len(ds.products)
+    if list(ds.orders) == list(CHANNELS):
+        assert {ch: len(rows) for ch, rows in ds.orders.items()} == {
+            "shopify": n * 40 // 100, "jiandaoyun": n * 36 // 100, "kingdee": n * 24 // 100}
+    else:  # canonical order, every listed channel holds a share of the orders
+        assert list(ds.orders) == [ch for ch in ORDER_CHANNELS if ch in ds.orders]
+        assert all(len(rows) >= n // 40 for rows in ds.orders.values())
+
+
+def test_channels_are_validated_and_order_insensitive() -> None:
+    with pytest.raises(ValueError, match="unknown channel.*magento"):
+        generate(orders=300, channels=("shopify", "magento"))
+    with pytest.raises(ValueError, match="at least one order channel"):
+        generate(orders=300, channels=("stripe",))
+    with pytest.raises(ValueError, match="at least 144"):
+        generate(orders=100, channels=ALL_CHANNELS)
+    assert generate(seed=5, orders=300, channels=("rest", "stripe", "sap", "shopify")) == \
+        generate(seed=5, orders=300, channels=("shopify", "sap", "rest", "stripe"))
+    assert generate(seed=5, orders=300, channels=("kingdee", "shopify", "jiandaoyun")) == \
+        generate(seed=5, orders=300)
+
+
+def fingerprint(ds: Dataset) -> str:
+    """sha256 over every record and the truth, in a stable JSON form."""
+    t = ds.truth
+    doc = {
+        "customers": ds.customers, "products": ds.products, "warehouses": ds.warehouses,
+        "stock": ds.stock, "orders": ds.orders, "payments": ds.payments,
+        "truth": {
+            "defects": sorted(map(list, t.defects.items())),
+            "rejected": sorted(map(list, t.rejected.items())),
+            "clean": sorted(t.clean), "line_rules": sorted(map(list, t.line_rules.items())),
+            "backordered": sorted(t.backordered),
+            "invoice_status": sorted(map(list, t.invoice_status.items())),
+            "unmatched": sorted(t.unmatched_payments),
+            "duplicates": sorted(map(list, t.duplicates.items())),
+        },
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("seed", "n", "digest"), [
+    (7, 5000, "0c82ca2fa01370457c654b033b5c2ca8b43054179c52d9f328cc3ea5db12b125"),  # the demo
+    (11, 600, "cf32131ee9f24725f3e5a5f416778f42df25c26444fe8cb35acd20b68840505d"),  # test_e2e
+    (5, 57, "1c950e40adbe3d3440f285e8949eba0a35fe09252f72d3130bb967acbcd7dd7a"),
+])
+def test_default_channels_reproduce_the_pinned_dataset(seed: int, n: int, digest: str) -> None:
+    """The default channel set must give exactly the dataset the demo and the e2e tests were
+    built on (digests taken before other channels existed): add channels, never change these."""
+    assert fingerprint(generate(seed=seed, orders=n)) == digest
+
+
+def test_default_demo_counts_are_pinned() -> None:
+    ds = generate(seed=7, orders=5000)
     assert {ch: len(rows) for ch, rows in ds.orders.items()} == {
-        "shopify": n * 40 // 100, "jiandaoyun": n * 36 // 100, "kingdee": n * 24 // 100}
+        "shopify": 2000, "jiandaoyun": 1800, "kingdee": 1200}
+    c = ds.truth.counts()
+    assert (c["clean"], c["defects"], c["rejected"], c["duplicates"]) == (4730, 250, 20, 50)
+    assert len(ds.payments) == 3955 and all("system" not in p for p in ds.payments)
+    assert ds.orders["shopify"][0]["order_no"] == "#1001"
+    assert ds.orders["kingdee"][-1]["order_no"] == "XSDD001200"
+
+
+# channel -> (order_no pattern, external_id pattern; None: the same as order_no)
+FORMATS = {
+    "shopify": (r"#\d+", r"50000\d{5}"),
+    "jiandaoyun": (r"JDY-\d{6}", r"[0-9a-f]{24}"),
+    "kingdee": (r"XSDD\d{6}", r"1\d{5}"),
+    "sap": (r"1\d{6}", None),
+    "u8": (r"U8SO\d{6}", r"1\d{5}"),
+    "fxiaoke": (r"FX-\d{6}", r"[0-9a-f]{24}"),
+    "woocommerce": (r"2\d{4}", None),
+    "files": (r"DIST-\d{6}", None),
+    "rest": (r"MKT-\d{6}", None),
+}
 
 
 def test_channel_conventions(ds: Dataset) -> None:
-    dup_copies = {k for k in ds.truth.duplicates}
+    orders = {(ch, o["external_id"]): o for ch, o in all_orders(ds)}
     for channel, o in all_orders(ds):
         key = (channel, o["external_id"])
         assert set(o) == {"external_id", "order_no", "customer_code", "customer_email",
                           "ordered_at", "updated_at", "currency", "ship_region", "lines", "total"}
-        if channel == "shopify":
+        number, ident = FORMATS[channel]
+        assert re.fullmatch(number, o["order_no"])
+        assert re.fullmatch(ident, o["external_id"]) if ident else o["external_id"] == o["order_no"]
+        if channel in ("shopify", "woocommerce"):  # e-commerce: the buyer's e-mail
             assert o["customer_code"] is None and o["customer_email"]
-            assert re.fullmatch(r"#\d+", o["order_no"]) and o["external_id"].isdigit()
-            assert o["currency"] in ("USD", "EUR")
-        elif channel == "jiandaoyun":
-            assert o["customer_email"] is None and o["customer_code"]
-            assert re.fullmatch(r"JDY-\d{6}", o["order_no"])
-            assert re.fullmatch(r"[0-9a-f]{24}", o["external_id"])
-            assert o["currency"] == ("USD" if key in dup_copies else "CNY") or (
-                ds.truth.defects.get(key) == "currency_allowed")
         else:
             assert o["customer_email"] is None and o["customer_code"]
-            assert re.fullmatch(r"XSDD\d{6}", o["order_no"]) and o["external_id"].isdigit()
-            assert o["currency"] in ("CNY", "EUR")
+        original = ds.truth.duplicates.get(key)
+        expected = orders[original]["currency"] if original else CHANNEL_CURRENCY[channel]
+        assert o["currency"] == expected or ds.truth.defects.get(key) == "currency_allowed"
         assert 1 <= len(o["lines"]) <= 4
         assert [ln["line_no"] for ln in o["lines"]] == list(range(1, len(o["lines"]) + 1))
     order_nos = [o["order_no"] for _, o in all_orders(ds)]
@@ -179,7 +275,9 @@ def test_times_money_and_no_floats(ds: Dataset) -> None:
 
 
 def test_updated_at_ties_exist_in_every_stream(ds: Dataset) -> None:
-    streams = [*ds.orders.values(), ds.payments, ds.customers, ds.stock]
+    systems = {p.get("system") for p in ds.payments}
+    payments = [[p for p in ds.payments if p.get("system") == s] for s in systems]
+    streams = [*ds.orders.values(), *payments, ds.customers, ds.stock]
     for rows in streams:
         counts = Counter(r["updated_at"] for r in rows)
         assert max(counts.values()) >= 2
@@ -201,7 +299,10 @@ def test_every_defect_kind_and_rejection_is_planted(ds: Dataset) -> None:
     assert set(kinds) == set(CHECK_IDS)
     assert all(kinds[k] >= 1 for k in CHECK_IDS)
     rejected_channels = {ch for ch, _ in ds.truth.rejected}
-    assert rejected_channels == {"shopify", "jiandaoyun", "kingdee"}
+    assert rejected_channels == order_channels(ds)
+    # defects (other than copies) are spread over every channel too
+    assert {ch for (ch, _), check in ds.truth.defects.items()
+            if check != "not_duplicate"} == order_channels(ds)
     reasons = " ".join(ds.truth.rejected.values())
     assert "'N/A'" in reasons and "'two'" in reasons
 
@@ -221,16 +322,27 @@ def test_rejected_records_hold_an_unparseable_value(ds: Dataset) -> None:
             assert bad and set(bad) <= {"N/A", "two"}
 
 
-def test_duplicates_copy_an_earlier_clean_shopify_order(ds: Dataset) -> None:
+def test_duplicates_copy_an_earlier_clean_order_of_another_channel(ds: Dataset) -> None:
     orders = {(ch, o["external_id"]): o for ch, o in all_orders(ds)}
     t = ds.truth
     assert set(t.duplicates) == {k for k, v in t.defects.items() if v == "not_duplicate"}
     by_email = {c["email"]: c["code"] for c in ds.customers}
+    pairs = Counter((orig[0], copy[0]) for copy, orig in t.duplicates.items())
+    if order_channels(ds) >= {"shopify", "jiandaoyun", "woocommerce", "fxiaoke"}:
+        assert set(pairs) == {("shopify", "jiandaoyun"), ("woocommerce", "fxiaoke")}
+    elif order_channels(ds) == set(CHANNELS):
+        assert set(pairs) == {("shopify", "jiandaoyun")}
+    else:
+        assert len(pairs) == 1 and all(a != b for a, b in pairs)
+
+    def who(o: dict) -> str:
+        return o["customer_code"] or by_email[o["customer_email"]]
+
     for copy_key, orig_key in t.duplicates.items():
-        assert copy_key[0] == "jiandaoyun" and orig_key[0] == "shopify"
+        assert copy_key[0] != orig_key[0]
         assert orig_key in t.clean and orig_key not in t.backordered
         copy, orig = orders[copy_key], orders[orig_key]
-        assert copy["customer_code"] == by_email[orig["customer_email"]]
+        assert who(copy) == who(orig)
         assert copy["ordered_at"].date() == orig["ordered_at"].date()
         assert copy["ordered_at"] > orig["ordered_at"] and copy["updated_at"] > orig["updated_at"]
         assert (copy["currency"], copy["total"], copy["ship_region"]) == (
@@ -312,9 +424,25 @@ def test_invoice_status_matches_the_payments(ds: Dataset) -> None:
 def test_payments_shape_and_unmatched(ds: Dataset) -> None:
     t = ds.truth
     ids = [p["external_id"] for p in ds.payments]
-    assert len(ids) == len(set(ids)) and all(i.isdigit() for i in ids)
-    assert [p["bill_no"] for p in ds.payments] == [
-        f"SKD{i:06d}" for i in range(1, len(ds.payments) + 1)]
+    assert len(ids) == len(set(ids))
+    receipts = [p for p in ds.payments if p.get("system", "kingdee") == "kingdee"]
+    charges = [p for p in ds.payments if p.get("system") == "stripe"]
+    assert len(receipts) + len(charges) == len(ds.payments)
+    assert all(p["external_id"].isdigit() for p in receipts)
+    assert [p["bill_no"] for p in receipts] == [f"SKD{i:06d}" for i in range(1, len(receipts) + 1)]
+    assert all(re.fullmatch(r"ch_[0-9a-f]{24}", p["external_id"]) and p["bill_no"] is None
+               for p in charges)
+    # With Stripe listed, e-commerce orders are paid by card and every other order by receipt.
+    channel_of = {o["order_no"]: ch for ch, o in all_orders(ds)}
+    for p in ds.payments:
+        if p["external_id"] not in t.unmatched_payments:
+            paid_by = "stripe" if stripe_listed(ds) and channel_of[p["reference"]] in ECOMMERCE \
+                else "kingdee"
+            assert p.get("system", "kingdee") == paid_by
+    if stripe_listed(ds):
+        assert all("system" in p for p in ds.payments)
+        assert {p["system"] for p in ds.payments if p["external_id"] in t.unmatched_payments} \
+            == {"stripe", "kingdee"}
     assert len(t.unmatched_payments) >= 3
     order_nos = {o["order_no"] for _, o in all_orders(ds)}
     assert t.unmatched_payments == {
@@ -327,13 +455,15 @@ def test_counts_and_summary(ds: Dataset) -> None:
     assert sum(c[f"defect.{k}"] for k in CHECK_IDS) == c["defects"]
     assert sum(c[f"invoice.{s}"] for s in INVOICE_STATUSES) == c["invoiced"]
     text = ds.summary()
-    assert "shopify" in text and "not_duplicate" in text
+    assert all(ch in text for ch in ds.orders) and "not_duplicate" in text
+    assert ("stripe" in text) == stripe_listed(ds)
 
 
 def test_generation_is_fast() -> None:
     start = time.perf_counter()
     generate(seed=1, orders=5000)
-    assert time.perf_counter() - start < 2.0  # ~0.15 s here; generous for a busy machine
+    generate(seed=1, orders=5000, channels=ALL_CHANNELS)
+    assert time.perf_counter() - start < 4.0  # ~0.3 s here; generous for a busy machine
 
 
 # --- start_sandbox ----------------------------------------------------------------------------
@@ -405,7 +535,7 @@ def test_start_sandbox_stops_what_it_started_when_a_fake_fails(
 
 def test_start_sandbox_rejects_an_unknown_system(small: Dataset) -> None:
     with pytest.raises(ValueError, match="unknown sandbox system"):
-        start_sandbox(small, systems=("sap",))
+        start_sandbox(small, systems=("magento",))
 
 
 @pytest.mark.parametrize("system", sorted(FAKES))
@@ -418,12 +548,18 @@ def test_start_sandbox_serves_each_fake(small: Dataset, system: str) -> None:
     with start_sandbox(small, systems=(system,)) as sb:
         assert set(sb.apps) == {system}
         url = sb.urls[system]
-        assert url.startswith("http://127.0.0.1:")
         src = sb.sources()[system]
         assert src["base_url"].startswith(url)
         assert isinstance(src["auth"], dict) and isinstance(src["options"], dict)
-        try:  # any HTTP answer proves the server is up; the status is the fake's business
-            urllib.request.urlopen(url + "/", timeout=5).close()
-        except urllib.error.HTTPError:
-            pass
+        if not getattr(sb.apps[system], "serves_http", True):  # a file drop: a prepared folder
+            folder = Path(url.removeprefix("file://"))
+            assert url.startswith("file:///") and folder.is_dir()
+        else:
+            assert url.startswith("http://127.0.0.1:")
+            try:  # any HTTP answer proves the server is up; the status is the fake's business
+                urllib.request.urlopen(url + "/", timeout=5).close()
+            except urllib.error.HTTPError:
+                pass
     assert sb.servers == {}
+    if not getattr(sb.apps[system], "serves_http", True):
+        assert not folder.exists()  # stop() cleaned it up
