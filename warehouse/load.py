@@ -374,7 +374,9 @@ def land_batch(
     counts = LoadCounts(received=len(records), rejected=len(rejects))
     with begin_write(engine) as conn:
         _land_raw(conn, batch, records)
-        _land_rejected(conn, batch, rejects, [raw.external_id for raw, _ in mapped])
+        held = _land_rejected(conn, batch, rejects, [raw.external_id for raw, _ in mapped])
+        counts.rejected -= held
+        counts.unchanged += held
         if kind == "orders":
             _land_orders(conn, batch, mapped, counts)
         else:
@@ -490,8 +492,17 @@ def _land_rejected(
     batch: _Batch,
     rejects: list[tuple[RawRecord, str]],
     now_clean: list[str],
-) -> None:
+) -> int:
+    """Upsert the rejects; return how many were already held unchanged (same payload and
+    error), which a rerun counts as already held, not as rejected again."""
     latest, _ = _newest((raw.external_id, raw, (raw, err)) for raw, err in rejects)
+    t = rejected_records
+    held: dict[str, tuple[str, str]] = {}
+    if latest:
+        held = {ext: (h, e) for ext, h, e in conn.execute(
+            select(t.c.external_id, t.c.content_hash, t.c.error).where(
+                t.c.source == batch.source, t.c.stream == batch.stream,
+                in_values(t.c.external_id, list(latest), conn.dialect.name)))}
     rows = []
     for ext, (raw, error) in latest.items():
         text = canonical_json(raw.payload)
@@ -507,7 +518,7 @@ def _land_rejected(
                 "run_id": batch.run_id,
             }
         )
-    t = rejected_records
+    unchanged = sum(1 for r in rows if held.get(r["external_id"]) == (r["content_hash"], r["error"]))
     _upsert(
         conn,
         t,
@@ -525,6 +536,7 @@ def _land_rejected(
                 in_values(t.c.external_id, now_clean, conn.dialect.name),
             )
         )
+    return unchanged
 
 
 def _unstorable(kind: str, spec: _Kind, rec: dict) -> str | None:
