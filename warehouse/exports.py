@@ -9,6 +9,8 @@
 - Atomic: each file is written beside its target as a temporary file and renamed over it; a
   reader sees the old file or the new one, never half of one.
 - An empty table still gets a file with its schema: a missing file would break readers.
+- Finance views (``warehouse.views``) export like tables, typed by ``VIEW_TABLES``; a missing
+  view is created first (as of today), an existing one is read as it stands.
 """
 
 from __future__ import annotations
@@ -37,13 +39,20 @@ from sqlalchemy import (
     select,
 )
 
+from warehouse.engine import begin_write
 from warehouse.schema import metadata
+from warehouse.views import VIEW_TABLES, ensure_views
 
 DEFAULT_TABLES = (
     "reconciliation",
     "invoices",
     "payments",
     "payment_matches",
+    "payment_reconciliation",
+    "v_invoice_status",
+    "v_open_receivables_aging",
+    "v_unmatched_payments",
+    "v_cash_per_day",
     "orders",
     "order_lines",
     "allocations",
@@ -89,10 +98,11 @@ def _batch(table: Table, schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa
 
 
 def _tables(names: Sequence[str]) -> list[Table]:
-    unknown = [n for n in names if n not in metadata.tables]
+    known = {**metadata.tables, **VIEW_TABLES}
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"cannot export unknown tables: {', '.join(unknown)}")
-    return [metadata.tables[n] for n in names]
+    return [known[n] for n in names]
 
 
 def export_parquet(
@@ -100,6 +110,9 @@ def export_parquet(
 ) -> list[Path]:
     """Write ``<out_dir>/<table>.parquet`` for each table; return the paths in order."""
     targets = _tables(tables)
+    if any(t.name in VIEW_TABLES for t in targets):
+        with begin_write(engine) as conn:
+            ensure_views(conn, only_missing=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

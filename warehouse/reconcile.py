@@ -1,180 +1,217 @@
-"""Reconciliation: match payments to invoices, keep one status row per invoice for finance.
+"""Reconciliation: settle payments against invoices, keep what finance reads up to date.
 
-Matching is set-based SQL (two INSERT ... SELECT), by the reference the payer quoted, in the
-invoice's currency, a payment going to at most one invoice:
-1. ``reference = invoice_no`` (unique: at most one invoice);
-2. otherwise ``reference = order_ref``, only when exactly one invoice in that currency carries
-   that order number; an ambiguous reference stays unmatched for a person to look at, rather
-   than being applied to a guess.
-A match is never moved or repeated (unique on (payment_id, invoice_id), and a matched payment
-is not considered again), so a rerun adds nothing.
+One transaction per run:
+1. load every invoice, every payment and the fx rates in bulk (three SELECTs);
+2. ``reconcile_rules.settle`` decides everything from that whole book (pure; see its docstring
+   for the rules) - a function of the set, so arrival order and the number of runs that saw a
+   payment cannot change the result;
+3. write the difference only: ``payment_matches`` (one row per payment and invoice, with rule,
+   reason and inputs), ``reconciliation`` (per invoice) and ``payment_reconciliation`` (per
+   payment) rows are deleted / inserted / updated only where a value changed, so an unchanged row
+   keeps the run id that last really changed it (DESIGN invariant 6) and a rerun writes nothing;
+4. settle the orders of paid (or over-paid) invoices: invoiced -> paid, as before;
+5. make sure the finance views exist and match this code (no DDL when they already do).
 
-The per-invoice status is one pure function, ``invoice_status``; ``reconcile`` reads the sums
-in one query, applies it, and upserts only the rows whose values changed, so an unchanged row
-keeps the run id that last really changed it (DESIGN invariant 6).
+Recomputing from scratch means a late payment may move an earlier decision (a payment received
+earlier than one already applied now takes its turn first); the matches table always shows the
+decisions for the book as it stands, and an order once ``paid`` stays paid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, literal, select
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, text, update
 
-from warehouse.engine import begin_write
+from warehouse.engine import begin_write, bulk_insert, in_values
 from warehouse.orders import transition
-from warehouse.outbox import dialect_insert
-from warehouse.schema import invoices, orders, payment_matches, payments, reconciliation
+from warehouse.reconcile_rules import (
+    FxRate,
+    Invoice,
+    Payment,
+    Rates,
+    ReconcileRules,
+    Settlement,
+    invoice_status,
+    settle,
+)
+from warehouse.schema import (
+    fx_rates,
+    invoices,
+    orders,
+    payment_matches,
+    payment_reconciliation,
+    payments,
+    reconciliation,
+)
+from warehouse.views import ensure_views
+
+__all__ = ["SETTLING", "STATUSES", "ReconcileRules", "invoice_status", "reconcile"]
 
 STATUSES = ("paid", "part_paid", "over_paid", "open")
-MATCH_RULE = "by_reference"
 # Invoice statuses that settle the order (invoiced -> paid). Over-paid counts: the invoice is
-# paid in full (the surplus is finance's to refund), and an invoice that was `paid` and then
-# received one more payment would otherwise leave its order's state depending on the order the
-# payments arrived in (an order never goes back from paid).
+# paid in full (the surplus is held on account for finance to refund), and an invoice that was
+# `paid` and then received one more payment would otherwise leave its order's state depending on
+# the order the payments arrived in (an order never goes back from paid).
 SETTLING = ("paid", "over_paid")
 ZERO = Decimal("0.00")
 
-
-def invoice_status(invoiced: Decimal, applied: Decimal, tolerance: Decimal) -> str:
-    """paid | part_paid | over_paid | open, for an invoice and the sum applied to it.
-
-    paid: |invoiced - applied| <= tolerance (also a zero invoice with nothing applied);
-    over_paid: applied > invoiced + tolerance; part_paid: something applied, but less than
-    invoiced - tolerance; open: nothing (or a net negative) applied.
-    """
-    if abs(invoiced - applied) <= tolerance:
-        return "paid"
-    if applied > invoiced + tolerance:
-        return "over_paid"
-    if applied > 0:
-        return "part_paid"
-    return "open"
+MATCH_COLS = ("amount", "applied", "fee", "fx_rate", "rule", "reason", "inputs")
+INVOICE_COLS = ("invoice_no", "customer_code", "currency", "invoiced", "applied", "fees", "excess",
+                "outstanding", "status")
+PAYMENT_COLS = ("currency", "received", "applied", "unapplied", "status", "reason", "duplicate_of",
+                "on_account_invoice_id")
 
 
-def reconciliation_row(
-    invoice: Mapping[str, Any], applied: Decimal, tolerance: Decimal
-) -> dict[str, Any]:
-    """The reconciliation values of one invoice (without run id): pure."""
-    invoiced: Decimal = invoice["amount"]
-    return {
-        "invoice_id": invoice["id"],
-        "invoice_no": invoice["invoice_no"],
-        "customer_code": invoice["customer_code"],
-        "currency": invoice["currency"],
-        "invoiced": invoiced,
-        "applied": applied,
-        "outstanding": invoiced - applied,
-        "status": invoice_status(invoiced, applied, tolerance),
+# --- load ----------------------------------------------------------------------------------------
+
+
+def _load(conn: Connection) -> tuple[list[Invoice], list[Payment], list[FxRate]]:
+    invs = [Invoice(r.id, r.invoice_no, r.order_ref, r.customer_code, r.currency, r.amount, r.issued_at)
+            for r in conn.execute(select(
+                invoices.c.id, invoices.c.invoice_no, invoices.c.order_ref, invoices.c.customer_code,
+                invoices.c.currency, invoices.c.amount, invoices.c.issued_at))]
+    pays = [Payment(r.id, r.source, r.external_id, r.reference, r.customer_code, r.currency, r.amount,
+                    r.received_at, r.fee, r.kind)
+            for r in conn.execute(select(
+                payments.c.id, payments.c.source, payments.c.external_id, payments.c.reference,
+                payments.c.customer_code, payments.c.currency, payments.c.amount,
+                payments.c.received_at, payments.c.fee, payments.c.kind))]
+    rates = [FxRate(r.base, r.quote, r.rate_date, r.rate) for r in conn.execute(select(
+        fx_rates.c.base, fx_rates.c.quote, fx_rates.c.rate_date, fx_rates.c.rate))]
+    return invs, pays, rates
+
+
+# --- write the difference --------------------------------------------------------------------------
+
+
+def _sync(conn: Connection, table: Table, key: Sequence[str], cols: Sequence[str],
+          wanted: Mapping[tuple[Any, ...], Mapping[str, Any]], run_id: str,
+          delete_missing: bool = True) -> tuple[int, int, int]:
+    """Make ``table`` hold exactly ``wanted`` (key tuple -> values of ``cols``), touching only rows
+    that differ. Returns (inserted, updated, deleted)."""
+    dialect = conn.dialect.name
+    have: dict[tuple[Any, ...], Any] = {
+        tuple(r._mapping[k] for k in key): r
+        for r in conn.execute(select(*(table.c[k] for k in key), *(table.c[c] for c in cols),
+                                     *([table.c.id] if "id" in table.c and "id" not in key else [])))
     }
+    inserts = [{**dict(zip(key, k, strict=True)), **v, "run_id": run_id}
+               for k, v in wanted.items() if k not in have]
+    updates = [{**{f"_k_{n}": x for n, x in zip(key, k, strict=True)}, **v, "run_id": run_id}
+               for k, v in wanted.items()
+               if k in have and any(have[k]._mapping[c] != v[c] for c in cols)]
+    gone = [k for k in have if k not in wanted] if delete_missing else []
+    if gone:
+        # the tables synced by more than one key column have a surrogate id to delete by
+        if len(key) == 1:
+            conn.execute(delete(table).where(in_values(table.c[key[0]], [k[0] for k in gone], dialect)))
+        else:
+            ids = [have[k]._mapping["id"] for k in gone]
+            conn.execute(delete(table).where(in_values(table.c.id, ids, dialect)))
+    if updates:
+        stmt = update(table).where(*(table.c[k] == bindparam(f"_k_{k}") for k in key))
+        stmt = stmt.values({c: bindparam(c) for c in (*cols, "run_id")})
+        conn.execute(stmt, updates)
+    bulk_insert(conn, table, inserts)
+    return len(inserts), len(updates), len(gone)
 
 
-COMPARED = ("invoice_no", "customer_code", "currency", "invoiced", "applied", "outstanding",
-            "status")
+def _match_rows(result: Settlement) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {(a.payment_id, a.invoice_id): {
+        "amount": a.amount, "applied": a.applied, "fee": a.fee, "fx_rate": a.fx_rate,
+        "rule": a.rule, "reason": a.reason, "inputs": a.inputs or None}
+        for a in result.allocations}
 
 
-def _match(conn: Connection, run_id: str) -> int:
-    """Insert the new matches, by invoice number first, then by unambiguous order number."""
-    unmatched = ~exists().where(payment_matches.c.payment_id == payments.c.id)
-    cols = ["payment_id", "invoice_id", "amount", "rule", "run_id"]
-    consts = (literal(MATCH_RULE, payment_matches.c.rule.type),
-              literal(run_id, payment_matches.c.run_id.type))
-    by_no = (
-        select(payments.c.id, invoices.c.id, payments.c.amount, *consts)
-        .join(invoices, and_(invoices.c.invoice_no == payments.c.reference,
-                             invoices.c.currency == payments.c.currency))
-        .where(unmatched)
-    )
-    # order numbers that name exactly one invoice in a currency: a derived table, not a
-    # correlated subquery per payment
-    single_ref = (
-        select(invoices.c.order_ref, invoices.c.currency,
-               func.min(invoices.c.id).label("invoice_id"))
-        .where(invoices.c.order_ref.is_not(None))
-        .group_by(invoices.c.order_ref, invoices.c.currency)
-        .having(func.count() == 1)
-        .subquery()
-    )
-    by_ref = (
-        select(payments.c.id, single_ref.c.invoice_id, payments.c.amount, *consts)
-        .join(single_ref, and_(single_ref.c.order_ref == payments.c.reference,
-                               single_ref.c.currency == payments.c.currency))
-        .where(unmatched)  # sees the by_no rows just inserted: same transaction
-    )
-    created = 0
-    for source in (by_no, by_ref):
-        stmt = dialect_insert(conn, payment_matches).from_select(cols, source)
-        stmt = stmt.on_conflict_do_nothing().returning(payment_matches.c.id)
-        created += len(conn.execute(stmt).all())  # psycopg: rowcount is -1 for INSERT ... SELECT
-    return created
+def _invoice_rows(result: Settlement, invs: Iterable[Invoice]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    out = {}
+    for inv in invs:
+        o = result.invoices[inv.id]
+        out[(inv.id,)] = {
+            "invoice_no": inv.invoice_no, "customer_code": inv.customer, "currency": inv.currency,
+            "invoiced": o.invoiced, "applied": o.applied, "fees": o.fees, "excess": o.excess,
+            "outstanding": o.outstanding, "status": o.status}
+    return out
 
 
-def _refresh(conn: Connection, run_id: str, tolerance: Decimal) -> tuple[int, dict[str, int]]:
-    """Recompute every invoice's row; write only new or changed ones. -> (written, by status)."""
-    applied = (
-        select(payment_matches.c.invoice_id, func.sum(payment_matches.c.amount).label("applied"))
-        .group_by(payment_matches.c.invoice_id)
-        .subquery()
-    )
-    q = (
-        select(
-            invoices.c.id, invoices.c.invoice_no, invoices.c.customer_code, invoices.c.currency,
-            invoices.c.amount, applied.c.applied,
-            *(reconciliation.c[c].label(f"old_{c}") for c in COMPARED),
-            reconciliation.c.invoice_id.label("old_id"),
-        )
-        .outerjoin(applied, applied.c.invoice_id == invoices.c.id)
-        .outerjoin(reconciliation, reconciliation.c.invoice_id == invoices.c.id)
-        .order_by(invoices.c.id)
-    )
-    counts = dict.fromkeys(STATUSES, 0)
-    changed: list[dict[str, Any]] = []
-    for r in conn.execute(q).mappings():
-        row = reconciliation_row(r, r["applied"] if r["applied"] is not None else ZERO, tolerance)
-        counts[row["status"]] += 1
-        if r["old_id"] is None or any(row[c] != r[f"old_{c}"] for c in COMPARED):
-            changed.append({**row, "run_id": run_id})
-    if changed:
-        stmt = dialect_insert(conn, reconciliation)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[reconciliation.c.invoice_id],
-            set_={c: stmt.excluded[c] for c in (*COMPARED, "run_id")},
-        )
-        conn.execute(stmt, changed)
-    return len(changed), counts
+def _payment_rows(result: Settlement) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {(o.payment_id,): {
+        "currency": o.currency, "received": o.received, "applied": o.applied,
+        "unapplied": o.unapplied, "status": o.status, "reason": o.reason,
+        "duplicate_of": o.duplicate_of, "on_account_invoice_id": o.on_account_invoice_id}
+        for o in result.payments.values()}
 
 
-def reconcile(engine: Engine, run_id: str, tolerance: Decimal) -> dict[str, Any]:
-    """Match new payments, refresh the reconciliation table, settle paid orders. One transaction.
+# --- the run -------------------------------------------------------------------------------------
+
+
+def reconcile(engine: Engine, run_id: str, tolerance: Decimal,
+              rules: ReconcileRules | None = None) -> dict[str, Any]:
+    """Settle every payment against the invoices and refresh the reconciled tables and views.
+
+    ``rules`` come from orderhub.yaml (``ReconcileRules.from_config``); without them the defaults
+    apply with ``tolerance`` as the amount tolerance (the call flows made before rules existed).
 
     Returns {paid, part_paid, over_paid, open: invoices by status (all invoices, after this run),
-    matched: new matches, changed: reconciliation rows written, orders_paid: orders moved to
-    paid, unmatched_payments: count, unmatched_amount: {currency: Decimal}}.
+    matched: match rows added, rematched: match rows changed or removed, changed: invoice rows
+    written, payments_changed: payment rows written, orders_paid: orders moved to paid,
+    unmatched_payments: payments nothing was applied from, unmatched_amount: {currency: their sum},
+    unapplied_amount: {currency: all unapplied cash, over-payments included}, duplicates: count,
+    by_rule: {rule: match rows}}.
     """
     if not isinstance(tolerance, Decimal):
         # money is Decimal end to end (invariant 5); a float tolerance is a caller bug
         raise TypeError(f"reconcile: tolerance must be a Decimal, got {type(tolerance).__name__}")
+    if rules is None:
+        rules = ReconcileRules(amount_tolerance=tolerance)
+    elif rules.amount_tolerance != tolerance:
+        raise ValueError(f"reconcile: tolerance {tolerance} differs from "
+                         f"reconciliation.amount_tolerance {rules.amount_tolerance}")
     with begin_write(engine) as conn:
-        matched = _match(conn, run_id)
-        changed, counts = _refresh(conn, run_id, tolerance)
+        if conn.dialect.name == "postgresql":
+            # one reconcile at a time: each recomputes the whole book (SQLite: BEGIN IMMEDIATE)
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('orderhub.reconcile'))"))
+        invs, pays, table_rates = _load(conn)
+        result = settle(invs, pays, rules, Rates(table_rates, rules.fx_rates))
+
+        added, updated, removed = _sync(conn, payment_matches, ("payment_id", "invoice_id"),
+                                        MATCH_COLS, _match_rows(result), run_id)
+        inv_new, inv_upd, _ = _sync(conn, reconciliation, ("invoice_id",), INVOICE_COLS,
+                                    _invoice_rows(result, invs), run_id, delete_missing=False)
+        pay_new, pay_upd, _ = _sync(conn, payment_reconciliation, ("payment_id",), PAYMENT_COLS,
+                                    _payment_rows(result), run_id, delete_missing=False)
+
         settled = select(invoices.c.order_id).join(
             reconciliation, reconciliation.c.invoice_id == invoices.c.id
         ).where(reconciliation.c.status.in_(SETTLING))
         ready = select(orders.c.id).where(orders.c.status == "invoiced", orders.c.id.in_(settled))
         orders_paid = transition(conn, ready, "paid", run_id, "invoice paid")
-        unmatched_q = (
-            select(payments.c.currency, func.count(), func.sum(payments.c.amount))
-            .where(~exists().where(payment_matches.c.payment_id == payments.c.id))
-            .group_by(payments.c.currency)
-            .order_by(payments.c.currency)
-        )
-        unmatched = conn.execute(unmatched_q).all()
+        ensure_views(conn, rules.as_of)
+
+    counts = dict.fromkeys(STATUSES, 0) | Counter(o.status for o in result.invoices.values())
+    unmatched: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    unapplied: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    n_unmatched = 0
+    for o in result.payments.values():
+        if o.applied == 0:
+            n_unmatched += 1
+            unmatched[o.currency] += o.received
+        if o.unapplied:
+            unapplied[o.currency] += o.unapplied
     return {
         **counts,
-        "matched": matched,
-        "changed": changed,
+        "matched": added,
+        "rematched": updated + removed,
+        "changed": inv_new + inv_upd,
+        "payments_changed": pay_new + pay_upd,
         "orders_paid": orders_paid,
-        "unmatched_payments": sum(n for _, n, _ in unmatched),
-        "unmatched_amount": {cur: amount for cur, _, amount in unmatched},
+        "unmatched_payments": n_unmatched,
+        "unmatched_amount": dict(sorted(unmatched.items())),
+        "unapplied_amount": dict(sorted(unapplied.items())),
+        "duplicates": sum(o.status == "duplicate" for o in result.payments.values()),
+        "by_rule": dict(sorted(Counter(a.rule for a in result.allocations).items())),
     }

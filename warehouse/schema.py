@@ -41,6 +41,8 @@ metadata = MetaData(
 MONEY = Numeric(18, 2)
 PRICE = Numeric(18, 4)
 QTY = Numeric(18, 3)
+FX_RATE = Numeric(18, 8)
+TAX_RATE = Numeric(9, 6)  # a fraction: 0.13 is 13 % (0005c)
 RUN_ID = String(36)  # a UUID, as OpenLineage wants run ids to be
 
 
@@ -207,6 +209,15 @@ orders = Table(
     Column("content_hash", String(64), nullable=False),
     _ts("captured_at", nullable=False),
     Column("run_id", RUN_ID, nullable=False),
+    # 0005c: the channel's own fulfilment status as last pulled (Shopify fulfillment_status:
+    # unfulfilled, partial, fulfilled, restocked); null when the channel reports none
+    Column("fulfilment_status", String(32)),
+    # 0005b: the sales owner (warehouse/owners.py: territory -> team -> round-robin), set once
+    # by allocation and kept; owner_rule/owner_inputs say why (territory | default_team)
+    Column("owner", String(128)),
+    Column("team", String(64)),
+    Column("owner_rule", String(32)),
+    Column("owner_inputs", JSON),
     UniqueConstraint("source", "external_id", name="uq_orders_key"),
 )
 
@@ -283,6 +294,16 @@ allocations = Table(
     UniqueConstraint("order_line_id", "warehouse", "status", name="uq_allocations_key"),
 )
 
+# 0005b: round-robin position per sales team: the team's n-th owner assignment ever goes to
+# members[n % len(members)], so reruns and restarts continue where the last run stopped.
+owner_counters = Table(
+    "owner_counters",
+    metadata,
+    Column("team", String(64), primary_key=True),
+    Column("assigned", Integer, nullable=False),  # owner assignments made in this team so far
+    Column("run_id", RUN_ID, nullable=False),
+)
+
 # --- outbox ----------------------------------------------------------------------------------
 
 outbox = Table(
@@ -308,6 +329,45 @@ outbox = Table(
     Column("run_id", RUN_ID, nullable=False),
 )
 
+# --- ops --------------------------------------------------------------------------------------
+
+# Every human decision on an order (release, fix, override, reject, rollback): who, why, when.
+# Orders with no row here went through untouched: the automation-rate KPI counts them.
+ops_actions = Table(
+    "ops_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), index=True),  # null for run-level acts
+    Column("action", String(32), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detail", JSON),
+    _ts("at", nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+)
+
+# Alerts to ops (flows/alerts.py, migration 0005o): one row per (kind, key, UTC day), so a
+# condition seen by a schedule every 5 minutes is posted once a day; `raised` counts the repeats.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # gate_failed, batch_held, source_unreachable, payment_unmatched
+    Column("kind", String(32), nullable=False),
+    Column("alert_key", String(255), nullable=False),  # what it is about: a check, a source, ...
+    Column("day", Date, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("details", JSON),
+    Column("raised", Integer, nullable=False, default=1),
+    # sent | failed (sent again by the next raise) | recorded (no webhook configured)
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    _ts("first_at", nullable=False),
+    _ts("last_at", nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+    UniqueConstraint("kind", "alert_key", "day", name="uq_alerts_key"),
+)
+
 # --- invoicing and reconciliation -------------------------------------------------------------
 
 invoices = Table(
@@ -319,8 +379,66 @@ invoices = Table(
     Column("order_ref", String(128)),  # the order number customers quote when they pay
     Column("customer_code", String(64)),
     Column("currency", String(3), nullable=False),
-    Column("amount", MONEY, nullable=False),
+    Column("amount", MONEY, nullable=False),  # gross: net_amount + tax_amount
     _ts("issued_at", nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+    # 0005c: the numbering company (null: deterministic INV-{source}-{order_no}), the totals of
+    # the taxed lines (null on invoices issued before 0005c), and why it was issued
+    Column("company", String(32)),
+    Column("net_amount", MONEY),
+    Column("tax_amount", MONEY),
+    Column("policy", String(16)),  # on_order | on_shipment
+    Column("prices_include_tax", Boolean),  # whether the order's unit prices were gross
+    Column("reason", Text),
+)
+
+# One row per invoiced order line (0005c): the rate, the rule that chose it, and the rounded
+# amounts; the invoice's totals are their sums.
+invoice_lines = Table(
+    "invoice_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("sku", String(64)),
+    Column("qty", QTY),
+    Column("unit_price", PRICE),
+    Column("net_amount", MONEY, nullable=False),
+    Column("tax_rate", TAX_RATE, nullable=False),
+    Column("tax_amount", MONEY, nullable=False),
+    Column("amount", MONEY, nullable=False),  # gross
+    Column("tax_rule", String(64), nullable=False),  # default | by_currency X | by_sku_prefix P
+    Column("run_id", RUN_ID, nullable=False),
+    UniqueConstraint("invoice_id", "line_no", name="uq_invoice_lines_key"),
+)
+
+# A credit note reverses one invoice in full (0005c) when its order is cancelled or returned
+# after invoicing. Amounts are negative; numbered in the company's own credit series.
+credit_notes = Table(
+    "credit_notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("credit_note_no", String(64), nullable=False, unique=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, unique=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
+    Column("company", String(32)),
+    Column("currency", String(3), nullable=False),
+    Column("net_amount", MONEY, nullable=False),
+    Column("tax_amount", MONEY, nullable=False),
+    Column("amount", MONEY, nullable=False),  # gross, negative
+    Column("cause", String(16), nullable=False),  # cancelled | returned
+    Column("reason", Text, nullable=False),
+    _ts("issued_at", nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+)
+
+# Gap-free document numbers (0005c): one row per series ("invoice:cn", "credit_note:cn"), the
+# last number issued. Moved only inside the transaction that inserts the documents.
+document_sequences = Table(
+    "document_sequences",
+    metadata,
+    Column("series", String(64), primary_key=True),
+    Column("last_value", Integer, nullable=False),
     Column("run_id", RUN_ID, nullable=False),
 )
 
@@ -337,6 +455,10 @@ payments = Table(
     _ts("received_at"),
     Column("content_hash", String(64), nullable=False),
     Column("run_id", RUN_ID, nullable=False),
+    # settlement inputs (0003): the bank fee the source says it deducted (null: not stated), and
+    # the kind: payment (null too) | refund. A negative amount is a refund whatever the kind.
+    Column("fee", MONEY),
+    Column("kind", String(16)),
     UniqueConstraint("source", "external_id", name="uq_payments_key"),
 )
 
@@ -361,15 +483,25 @@ receivables = Table(
     UniqueConstraint("source", "external_id", name="uq_receivables_key"),
 )
 
+# One row per (payment, invoice) decision of warehouse/reconcile_rules.py, recomputed by every
+# reconcile run from the whole book; a row is rewritten only when its values change.
 payment_matches = Table(
     "payment_matches",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("payment_id", Integer, ForeignKey("payments.id"), nullable=False),
     Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False),
-    Column("amount", MONEY, nullable=False),
-    Column("rule", String(32), nullable=False),  # by_reference, ...
+    Column("amount", MONEY, nullable=False),  # the payment's cash, payment currency (refund < 0)
+    # by_reference, by_customer_amount, by_amount_window, refund
+    Column("rule", String(32), nullable=False),
     Column("run_id", RUN_ID, nullable=False),
+    # 0003: what the invoice is credited (its currency; differs from amount only across FX),
+    # the bank fee settling it, the rate used, and why: a sentence and the inputs it rests on
+    Column("applied", MONEY, nullable=False, default=0, server_default="0"),
+    Column("fee", MONEY, nullable=False, default=0, server_default="0"),
+    Column("fx_rate", FX_RATE),
+    Column("reason", Text, nullable=False, default="", server_default=""),
+    Column("inputs", JSON),
     UniqueConstraint("payment_id", "invoice_id", name="uq_payment_matches_key"),
 )
 
@@ -382,14 +514,68 @@ reconciliation = Table(
     Column("customer_code", String(64)),
     Column("currency", String(3), nullable=False),
     Column("invoiced", MONEY, nullable=False),
-    Column("applied", MONEY, nullable=False),
-    Column("outstanding", MONEY, nullable=False),  # negative when over-paid
+    Column("applied", MONEY, nullable=False),  # cash, net of refunds; never above invoiced
+    Column("outstanding", MONEY, nullable=False),  # invoiced - applied - fees (>= 0)
     Column("status", String(16), nullable=False),  # open, part_paid, paid, over_paid
     Column("run_id", RUN_ID, nullable=False),
+    Column("fees", MONEY, nullable=False, default=0, server_default="0"),  # bank fees (0003)
+    # over-payment quoting this invoice, held unapplied on the payments (0003)
+    Column("excess", MONEY, nullable=False, default=0, server_default="0"),
+)
+
+# One row per payment (0003): how much of it is applied, what is left and why; the payment side
+# of `reconciliation`. Decisions live here, not on `payments`, which only the loader writes.
+payment_reconciliation = Table(
+    "payment_reconciliation",
+    metadata,
+    Column("payment_id", Integer, ForeignKey("payments.id"), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("received", MONEY, nullable=False),  # signed: a refund is negative
+    Column("applied", MONEY, nullable=False),
+    Column("unapplied", MONEY, nullable=False),  # received - applied
+    Column("status", String(16), nullable=False),  # applied, part_applied, unapplied, duplicate
+    Column("reason", Text, nullable=False),
+    Column("duplicate_of", Integer, ForeignKey("payments.id")),
+    Column("on_account_invoice_id", Integer, ForeignKey("invoices.id")),  # excess held against
+    Column("run_id", RUN_ID, nullable=False),
+)
+
+# Exchange rates for matching payments in another currency (0003): 1 base = rate quote, from
+# rate_date on. orderhub.yaml's reconciliation.fx_rates are the fallback when none applies.
+fx_rates = Table(
+    "fx_rates",
+    metadata,
+    Column("base", String(3), primary_key=True),
+    Column("quote", String(3), primary_key=True),
+    Column("rate_date", Date, primary_key=True),
+    Column("rate", FX_RATE, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+)
+
+# --- KPIs -------------------------------------------------------------------------------------
+
+# The daily KPI table (warehouse/kpis.py, docs/kpis.md): one figure per (UTC day, source, metric);
+# source "*" is all sources together. value is a ratio (0..1, 6 places) or seconds; numerator
+# and denominator are the order counts behind it (numerator null for a percentile). Rewritten
+# only when a figure changes, by the run named in run_id.
+kpi_daily = Table(
+    "kpi_daily",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("day", Date, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("value", Numeric(18, 6), nullable=False),
+    Column("numerator", Integer),
+    Column("denominator", Integer, nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+    UniqueConstraint("day", "source", "metric", name="uq_kpi_daily_key"),
 )
 
 Index("ix_order_lines_order", order_lines.c.order_id)
 Index("ix_allocations_line", allocations.c.order_line_id)
 Index("ix_payments_reference", payments.c.reference)
+Index("ix_payment_matches_invoice", payment_matches.c.invoice_id)
 # "are this order's pushes all done?" is asked per order: without it that is a scan per order
 Index("ix_outbox_order_operation", outbox.c.order_id, outbox.c.operation)
