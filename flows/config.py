@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Settings:
     allocation_rules: list[dict[str, Any]]
     invoicing_policy: str
     amount_tolerance: Decimal
+    reconcile_rules: Any
     reports_dir: Path
     exports_dir: Path
     lineage_dir: Path
@@ -134,11 +135,13 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
     if policy not in ("on_order",):
         raise _fail(path, "invoicing.policy", f"{policy!r} is not supported (use on_order)")
 
-    recon = raw.get("reconciliation") or {}
+    from warehouse.reconcile_rules import ReconcileRules
+
     try:
-        tolerance = Decimal(str(recon.get("amount_tolerance", "0.01")))
-    except InvalidOperation:
-        raise _fail(path, "reconciliation.amount_tolerance", "not a decimal number") from None
+        reconcile_rules = ReconcileRules.from_config(raw.get("reconciliation") or {})
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    tolerance = reconcile_rules.amount_tolerance
 
     paths = raw.get("paths") or {}
     return Settings(
@@ -149,6 +152,7 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
         allocation_rules=rules,
         invoicing_policy=policy,
         amount_tolerance=tolerance,
+        reconcile_rules=reconcile_rules,
         reports_dir=root / paths.get("reports", "var/reports"),
         exports_dir=root / paths.get("exports", "var/exports"),
         lineage_dir=root / paths.get("lineage", "var/lineage"),

@@ -199,7 +199,8 @@ def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> d
     with _stage(config_path, "reconcile", run_id) as (settings, engine, rid, io):
         pulled = [pull_task(settings, engine, rid, source, "payments")
                   for source in settings.sources_with_role("payments")]
-        result = reconcile_mod.reconcile(engine, rid, settings.amount_tolerance)
+        result = reconcile_mod.reconcile(engine, rid, settings.amount_tolerance,
+                                         settings.reconcile_rules)
         files = exports.export_parquet(engine, settings.exports_dir)
         io["inputs"] += [dataset(s["source"], "payments") for s in pulled]
         io["inputs"].append(dataset(_wh(settings), "invoices"))
