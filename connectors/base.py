@@ -164,6 +164,14 @@ class StreamSpec:
 # ------------------------------------------------------------------------------------- parsing
 
 
+def parse_text(value: Any) -> str | None:
+    """Text as sources send it: "" or blanks mean missing (None); other values are stripped."""
+    if value is None:
+        return None
+    text = value.strip() if isinstance(value, str) else str(value).strip()
+    return text or None
+
+
 def parse_decimal(value: Any, field: str) -> Decimal | None:
     """str/int/Decimal -> Decimal; None or "" -> None; anything unreadable -> MappingError.
 
@@ -390,6 +398,36 @@ class Connector:
             key = str(doc.get("key"))
             try:
                 remote_id = handler(doc, recover)
+            except AuthError:
+                raise  # every following doc would fail the same way
+            except (SourceError, MappingError) as err:
+                results.append(PushResult(key, False, error=str(err)))
+            else:
+                results.append(PushResult(key, True, remote_id=remote_id))
+        return results
+
+    # -- compensation (rollback) ------------------------------------------------------------------
+
+    def compensate(self, operation: str, docs: list[dict]) -> list[PushResult]:
+        """Undo pushed documents (``orderhub rollback``); one PushResult per doc, by its key.
+
+        Each doc is the push doc plus ``remote_id`` (what the push returned). A connector that
+        can undo ``operation`` writes ``compensate_<operation>(self, doc) -> remote_id`` (it
+        must be idempotent: a document already undone is a success) or overrides this method
+        (batched APIs). Without one, every doc fails with a clear error and nothing is sent:
+        a rollback must never take "cannot undo" for "undone".
+        """
+        handler: Callable[[dict], str | None] | None = getattr(self, f"compensate_{operation}",
+                                                                None)
+        if handler is None:
+            error = (f"{self.name}: {self.system} cannot compensate {operation!r} "
+                     "(no compensation for it in this connector); undo it in the target by hand")
+            return [PushResult(str(doc.get("key")), False, error=error) for doc in docs]
+        results = []
+        for doc in docs:
+            key = str(doc.get("key"))
+            try:
+                remote_id = handler(doc)
             except AuthError:
                 raise  # every following doc would fail the same way
             except (SourceError, MappingError) as err:

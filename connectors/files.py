@@ -102,6 +102,7 @@ from connectors.base import (
     later,
     parse_datetime,
     parse_decimal,
+    parse_text,
     to_iso,
 )
 from connectors.http import SourceError
@@ -123,21 +124,15 @@ _FILE_ERRORS = (pa.ArrowException, ValueError, OSError, UnicodeError)
 # ------------------------------------------------------------------------------------ mapping
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.strip() if isinstance(value, str) else str(value)
-    return text or None
-
 
 def _head(rows: list[dict], name: str, parse: Callable[[Any, str], Any] | None = None) -> Any:
     """An order-level value repeated on each line: blanks are ignored, disagreement rejects."""
     values: dict[Any, Any] = {}
     for row in rows:
         raw = row.get(name)
-        if _text(raw) is None:
+        if parse_text(raw) is None:
             continue
-        value = parse(raw, name) if parse else _text(raw)
+        value = parse(raw, name) if parse else parse_text(raw)
         values.setdefault(value, raw)
     if len(values) > 1:
         shown = ", ".join(repr(str(v)) for v in list(values.values())[:3])
@@ -146,7 +141,7 @@ def _head(rows: list[dict], name: str, parse: Callable[[Any, str], Any] | None =
 
 
 def _line_no(value: Any, default: int, where: str) -> int:
-    if _text(value) is None:
+    if parse_text(value) is None:
         return default
     number = parse_decimal(value, where)
     if number is None or number != number.to_integral_value() or number < 1:
@@ -169,7 +164,7 @@ def _updated(rows: list[dict], payload: dict) -> datetime:
 def map_order(payload: dict) -> dict:
     """A group of order-line rows -> canonical ``orders`` record (docs/internals.md)."""
     rows = payload.get("lines") or []
-    order_no = _text(payload.get("order_no"))
+    order_no = parse_text(payload.get("order_no"))
     if not order_no:
         where = f"row {rows[0].get('_row')}" if rows else "a row"
         raise MappingError(f"order_no: missing ({payload.get('file')}, {where})")
@@ -182,7 +177,7 @@ def map_order(payload: dict) -> dict:
         seen.add(line_no)
         lines.append({
             "line_no": line_no,
-            "sku": _text(row.get("sku")),
+            "sku": parse_text(row.get("sku")),
             "qty": parse_decimal(row.get("qty"), f"lines[{n}].qty{at}"),
             "unit_price": parse_decimal(row.get("unit_price"), f"lines[{n}].unit_price{at}"),
         })
@@ -207,25 +202,25 @@ def map_order(payload: dict) -> dict:
 
 def map_customer(payload: dict) -> dict:
     row = payload.get("row") or {}
-    code = _text(row.get("code"))
+    code = parse_text(row.get("code"))
     if not code:
         raise MappingError(f"code: missing ({payload.get('file')}, row {row.get('_row')})")
     return {
         "external_id": code,
         "code": code,
-        "name": _text(row.get("name")),
-        "email": _text(row.get("email")),
-        "region": _text(row.get("region")),
-        "customer_group": _text(row.get("customer_group")),
+        "name": parse_text(row.get("name")),
+        "email": parse_text(row.get("email")),
+        "region": parse_text(row.get("region")),
+        "customer_group": parse_text(row.get("customer_group")),
         "credit_limit": parse_decimal(row.get("credit_limit"), "credit_limit"),
-        "currency": _text(row.get("currency")),
+        "currency": parse_text(row.get("currency")),
         "updated_at": _updated([row], payload),
     }
 
 
 def map_stock(payload: dict) -> dict:
     row = payload.get("row") or {}
-    sku, warehouse = _text(row.get("sku")), _text(row.get("warehouse"))
+    sku, warehouse = parse_text(row.get("sku")), parse_text(row.get("warehouse"))
     if not sku or not warehouse:
         raise MappingError(f"sku/warehouse: missing ({payload.get('file')}, row {row.get('_row')})")
     qty = parse_decimal(row.get("qty"), "qty")
@@ -235,7 +230,7 @@ def map_stock(payload: dict) -> dict:
         "external_id": f"{sku}@{warehouse}",
         "sku": sku,
         "warehouse": warehouse,
-        "region": _text(row.get("region")),
+        "region": parse_text(row.get("region")),
         "qty": qty,
         "updated_at": _updated([row], payload),
     }
@@ -263,7 +258,7 @@ ORDER_COLUMNS = ("order_no", "customer_code", "customer_email", "ordered_at", "c
 
 
 def _stock_key(row: dict) -> str | None:
-    sku, warehouse = _text(row.get("sku")), _text(row.get("warehouse"))
+    sku, warehouse = parse_text(row.get("sku")), parse_text(row.get("warehouse"))
     return f"{sku}@{warehouse}" if sku and warehouse else None
 
 
@@ -277,7 +272,7 @@ STREAMS: dict[str, FileStream] = {
         columns=("code", "name", "email", "region", "customer_group", "credit_limit", "currency",
                  "updated_at"),
         required=("code",), numeric=("credit_limit",), mapper=map_customer,
-        key=lambda row: _text(row.get("code")), folder="customers",
+        key=lambda row: parse_text(row.get("code")), folder="customers",
     ),
     "stock": FileStream(
         kind="stock", columns=("sku", "warehouse", "region", "qty", "updated_at"),
@@ -616,7 +611,7 @@ class FileDropConnector(Connector):
                     continue  # the parse itself is the check
                 for value in batch.column(idx).to_pylist():
                     row += 1
-                    key = _text(value)
+                    key = parse_text(value)
                     if key is None or key == last:
                         continue
                     if key in seen:
@@ -678,7 +673,7 @@ class FileDropConnector(Connector):
                     row_no += 1
                     row = dict(zip(names, values, strict=True))
                     row["_row"] = row_no
-                    key = _text(row.get(group)) if group else None
+                    key = parse_text(row.get(group)) if group else None
                     if held and (not group or key is None or key != held_key):
                         records.append(record(held, held_key))
                         held = []
@@ -745,8 +740,8 @@ class FileDropConnector(Connector):
         results: dict[int, PushResult] = {}
         wanted: dict[str, dict] = {}  # key -> doc, first one wins
         for i, doc in enumerate(docs):
-            key = _text(doc.get("key"))
-            order_no = _text(doc.get("order_no") or doc.get("order_external_id"))
+            key = parse_text(doc.get("key"))
+            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
             if not key or not order_no:
                 results[i] = PushResult(str(doc.get("key")), False,
                                         error="fulfilment doc: key and order_no are required")
@@ -766,7 +761,7 @@ class FileDropConnector(Connector):
                                                f"{getattr(err, 'strerror', None) or err}"))
         for i, doc in enumerate(docs):
             if i not in results:
-                key = _text(doc.get("key")) or ""
+                key = parse_text(doc.get("key")) or ""
                 where = confirmed.get(key)
                 results[i] = (PushResult(key, True, remote_id=where) if where
                               else PushResult(key, False, error=error))
@@ -788,11 +783,11 @@ class FileDropConnector(Connector):
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CONFIRMATION_COLUMNS)
         for doc in docs:
-            order_no = _text(doc.get("order_no") or doc.get("order_external_id"))
-            writer.writerow([order_no, CONFIRMED_STATUS, _text(doc["key"]), now])
+            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
+            writer.writerow([order_no, CONFIRMED_STATUS, parse_text(doc["key"]), now])
         _atomic_write(self.outbound / name, buf.getvalue().encode("utf-8"))
         for doc in docs:
-            self.confirmations_written[_text(doc["key"]) or ""] += 1
+            self.confirmations_written[parse_text(doc["key"]) or ""] += 1
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -108,6 +108,7 @@ from connectors.base import (
     StreamSpec,
     parse_datetime,
     parse_decimal,
+    parse_text,
 )
 from connectors.http import (
     ApiError,
@@ -192,12 +193,6 @@ def asc(*fields: str) -> list[dict[str, Any]]:
 
 # -- mapping (pure) ----------------------------------------------------------------------------
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
 
 def _header(rec: dict) -> tuple[str, datetime]:
     if not rec.get(ID):
@@ -213,13 +208,13 @@ def map_customer(rec: dict) -> dict:
     external_id, updated_at = _header(rec)
     return {
         "external_id": external_id,
-        "code": _text(rec.get(ACCOUNT_CODE)),
-        "name": _text(rec.get("name")),
-        "email": _text(rec.get("email")),
-        "region": _text(rec.get("region__c")),
-        "customer_group": _text(rec.get("customer_group__c")),
+        "code": parse_text(rec.get(ACCOUNT_CODE)),
+        "name": parse_text(rec.get("name")),
+        "email": parse_text(rec.get("email")),
+        "region": parse_text(rec.get("region__c")),
+        "customer_group": parse_text(rec.get("customer_group__c")),
         "credit_limit": parse_decimal(rec.get("credit_limit__c"), "credit_limit__c"),
-        "currency": _text(rec.get("mc_currency")),
+        "currency": parse_text(rec.get("mc_currency")),
         "updated_at": updated_at,
     }
 
@@ -235,7 +230,7 @@ def map_order(rec: dict) -> dict:
     lines = [
         {
             "line_no": n,
-            "sku": _text(row.get("product_code__c")),
+            "sku": parse_text(row.get("product_code__c")),
             "qty": parse_decimal(row.get("quantity"), f"{LINES}[{n}].quantity"),
             "unit_price": parse_decimal(row.get("sales_price"), f"{LINES}[{n}].sales_price"),
         }
@@ -243,14 +238,14 @@ def map_order(rec: dict) -> dict:
     ]
     return {
         "external_id": external_id,
-        "order_no": _text(rec.get("name")),
-        "customer_code": _text(rec.get("customer_code__c")),
+        "order_no": parse_text(rec.get("name")),
+        "customer_code": parse_text(rec.get("customer_code__c")),
         "customer_email": None,  # CRM orders name the customer by code
         "ordered_at": parse_ms(rec.get("order_time"), "order_time"),
         "updated_at": updated_at,
-        "currency": _text(rec.get("mc_currency")),
+        "currency": parse_text(rec.get("mc_currency")),
         "total": parse_decimal(rec.get("order_amount"), "order_amount"),
-        "ship_region": _text(rec.get("ship_region__c")),
+        "ship_region": parse_text(rec.get("ship_region__c")),
         "lines": lines,
     }
 
@@ -263,10 +258,10 @@ def map_receivable(rec: dict) -> dict:
         raise MappingError("invoice_applied_amount: missing")
     return {
         "external_id": external_id,
-        "invoice_no": _text(rec.get("name")),
-        "order_ref": _text(rec.get("order_id__r")),
-        "customer_code": _text(rec.get("customer_code__c")),
-        "currency": _text(rec.get("mc_currency")),
+        "invoice_no": parse_text(rec.get("name")),
+        "order_ref": parse_text(rec.get("order_id__r")),
+        "customer_code": parse_text(rec.get("customer_code__c")),
+        "currency": parse_text(rec.get("mc_currency")),
         "amount": amount,
         "open_amount": parse_decimal(rec.get("open_amount__c"), "open_amount__c"),
         "issued_at": parse_ms(rec.get("invoice_date"), "invoice_date"),
@@ -620,7 +615,7 @@ class FxiaokeConnector(Connector):
         return out
 
     def _push_order(self, doc: dict, found: _Lookups) -> str:
-        bill_no = _text(doc.get("bill_no"))
+        bill_no = parse_text(doc.get("bill_no"))
         if not bill_no:
             raise MappingError("bill_no: missing")
         if bill_no in found.existing:
@@ -661,13 +656,13 @@ class FxiaokeConnector(Connector):
 
 def sales_order_body(doc: dict, found: _Lookups, owner: str | None = None) -> dict[str, Any]:
     """A ``sales_order`` push doc -> the data/create body (MappingError when unresolvable)."""
-    code = _text(doc.get("customer_code"))
+    code = parse_text(doc.get("customer_code"))
     if not code or code not in found.accounts:
         raise MappingError(f"customer_code: {code!r} is no AccountObj.{ACCOUNT_CODE}")
     ordered_at = parse_datetime(doc.get("ordered_at"), "ordered_at")
     details = []
     for n, line in enumerate(doc.get("lines") or [], start=1):
-        sku = _text(line.get("sku"))
+        sku = parse_text(line.get("sku"))
         if not sku or sku not in found.products:
             raise MappingError(f"lines[{n}].sku: {sku!r} is no ProductObj.{PRODUCT_CODE}")
         qty = parse_decimal(line.get("qty"), f"lines[{n}].qty")
@@ -679,11 +674,11 @@ def sales_order_body(doc: dict, found: _Lookups, owner: str | None = None) -> di
     if not details:
         raise MappingError("lines: a sales order needs at least one line")
     object_data: dict[str, Any] = {
-        BILL_NO: _text(doc.get("bill_no")),
+        BILL_NO: parse_text(doc.get("bill_no")),
         "account_id": found.accounts[code],
         "customer_code__c": code,
         "order_time": to_ms(ordered_at) if ordered_at else None,
-        "mc_currency": _text(doc.get("currency")),
+        "mc_currency": parse_text(doc.get("currency")),
         "order_amount": parse_decimal(doc.get("total"), "total"),
         "remark": f"orderhub {doc.get('source') or ''} {doc.get('order_no') or ''}".strip(),
     }

@@ -33,6 +33,7 @@ from connectors.base import (
     StreamSpec,
     parse_datetime,
     parse_decimal,
+    parse_text,
     to_iso,
 )
 from connectors.http import Auth, BearerAuth
@@ -49,13 +50,6 @@ ORDER_FIELDS = ["order_no", "customer_code", "order_date", "currency", "ship_reg
 
 # -- mapping (pure) ----------------------------------------------------------------------------
 
-def _text(value: Any) -> str | None:
-    """An empty widget comes back as "" or null; both mean missing."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
 
 def _header(rec: dict) -> tuple[str, Any]:
     if not rec.get("_id"):
@@ -71,13 +65,13 @@ def map_customer(rec: dict) -> dict:
     external_id, updated_at = _header(rec)
     return {
         "external_id": external_id,
-        "code": _text(rec.get("customer_code")),
-        "name": _text(rec.get("customer_name")),
-        "email": _text(rec.get("email")),
-        "region": _text(rec.get("region")),
-        "customer_group": _text(rec.get("customer_group")),
+        "code": parse_text(rec.get("customer_code")),
+        "name": parse_text(rec.get("customer_name")),
+        "email": parse_text(rec.get("email")),
+        "region": parse_text(rec.get("region")),
+        "customer_group": parse_text(rec.get("customer_group")),
         "credit_limit": parse_decimal(rec.get("credit_limit"), "credit_limit"),
-        "currency": _text(rec.get("currency")),
+        "currency": parse_text(rec.get("currency")),
         "updated_at": updated_at,
     }
 
@@ -91,7 +85,7 @@ def map_order(rec: dict) -> dict:
     lines = [
         {
             "line_no": n,
-            "sku": _text(item.get("sku")),
+            "sku": parse_text(item.get("sku")),
             "qty": parse_decimal(item.get("qty"), f"items[{n}].qty"),
             "unit_price": parse_decimal(item.get("unit_price"), f"items[{n}].unit_price"),
         }
@@ -99,14 +93,14 @@ def map_order(rec: dict) -> dict:
     ]
     return {
         "external_id": external_id,
-        "order_no": _text(rec.get("order_no")),
-        "customer_code": _text(rec.get("customer_code")),
+        "order_no": parse_text(rec.get("order_no")),
+        "customer_code": parse_text(rec.get("customer_code")),
         "customer_email": None,  # CRM orders name the customer by code
         "ordered_at": parse_datetime(rec.get("order_date"), "order_date"),
         "updated_at": updated_at,
-        "currency": _text(rec.get("currency")),
+        "currency": parse_text(rec.get("currency")),
         "total": parse_decimal(rec.get("total"), "total"),
-        "ship_region": _text(rec.get("ship_region")),
+        "ship_region": parse_text(rec.get("ship_region")),
         "lines": lines,
     }
 

@@ -69,6 +69,7 @@ from connectors.base import (
     dig,
     parse_datetime,
     parse_decimal,
+    parse_text,
     to_iso,
 )
 from connectors.http import (
@@ -132,13 +133,6 @@ def odata_error_text(data: Any) -> str:
     return f"{error.get('code') or 'error'}: {text or 'no message'}"
 
 
-def _text(value: Any) -> str | None:
-    """SAP renders an empty text field as "": that is None here."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
 
 def _num(value: Decimal) -> str:
     """Edm.Decimal goes out as a JSON string (OData V2), never a float."""
@@ -170,7 +164,7 @@ def _updated(entity: dict) -> datetime:
 def price_element(item: dict, condition: str, where: str) -> dict | None:
     """The item's active pricing element of type ``condition`` (e.g. PR00), if any."""
     for cond in expanded(item, "to_PricingElement", where):
-        if cond.get("ConditionType") == condition and not _text(cond.get("ConditionInactiveReason")):
+        if cond.get("ConditionType") == condition and not parse_text(cond.get("ConditionInactiveReason")):
             return cond
     return None
 
@@ -191,7 +185,7 @@ def unit_price(item: dict, condition: str, where: str) -> Decimal | None:
 
 def map_order(o: dict, region_field: str = "SalesDistrict", price_condition: str = "PR00") -> dict:
     """A_SalesOrder with to_Item (and their to_PricingElement) expanded -> canonical ``orders``."""
-    number = _text(o.get("SalesOrder"))
+    number = parse_text(o.get("SalesOrder"))
     if number is None:
         raise MappingError("SalesOrder: missing")
     items = sorted(expanded(o, "to_Item", "A_SalesOrder"), key=_item_order)
@@ -200,7 +194,7 @@ def map_order(o: dict, region_field: str = "SalesDistrict", price_condition: str
         where = f"to_Item[{n}]"
         lines.append({
             "line_no": n,
-            "sku": _text(item.get("Material")),
+            "sku": parse_text(item.get("Material")),
             "qty": parse_decimal(item.get("RequestedQuantity"), f"{where}.RequestedQuantity"),
             "unit_price": unit_price(item, price_condition, where),
         })
@@ -208,20 +202,20 @@ def map_order(o: dict, region_field: str = "SalesDistrict", price_condition: str
     return {
         "external_id": number,
         "order_no": number,
-        "customer_code": _text(o.get("SoldToParty")),
+        "customer_code": parse_text(o.get("SoldToParty")),
         "customer_email": None,  # SAP names the customer by its business partner number
         "ordered_at": parse_odata_datetime(ordered, "SalesOrderDate"),
         "updated_at": _updated(o),
-        "currency": _text(o.get("TransactionCurrency")),
+        "currency": parse_text(o.get("TransactionCurrency")),
         "total": parse_decimal(o.get("TotalNetAmount"), "TotalNetAmount"),
-        "ship_region": _text(o.get(region_field)),
+        "ship_region": parse_text(o.get(region_field)),
         "lines": lines,
     }
 
 
 def map_receivable(b: dict) -> dict:
     """A_BillingDocument with to_Item expanded -> canonical ``receivables``."""
-    number = _text(b.get("BillingDocument"))
+    number = parse_text(b.get("BillingDocument"))
     if number is None:
         raise MappingError("BillingDocument: missing")
     net = parse_decimal(b.get("TotalNetAmount"), "TotalNetAmount")
@@ -230,15 +224,15 @@ def map_receivable(b: dict) -> dict:
     tax = parse_decimal(b.get("TotalTaxAmount"), "TotalTaxAmount") or Decimal(0)
     items = sorted(expanded(b, "to_Item", "A_BillingDocument"),
                    key=lambda i: (str(i.get("BillingDocumentItem") or "").zfill(6)))
-    order_ref = next((_text(i.get("SalesDocument")) for i in items if _text(i.get("SalesDocument"))),
-                     None)
+    refs = (parse_text(i.get("SalesDocument")) for i in items)
+    order_ref = next((r for r in refs if r), None)
     cancelled = b.get("BillingDocumentIsCancelled") is True
     return {
         "external_id": number,
         "invoice_no": number,
         "order_ref": order_ref,
-        "customer_code": _text(b.get("SoldToParty")),
-        "currency": _text(b.get("TransactionCurrency")),
+        "customer_code": parse_text(b.get("SoldToParty")),
+        "currency": parse_text(b.get("TransactionCurrency")),
         "amount": net + tax,
         "open_amount": Decimal(0) if cancelled else None,  # a cancelled invoice is owed nothing
         "issued_at": parse_odata_datetime(b.get("BillingDocumentDate"), "BillingDocumentDate"),
@@ -251,22 +245,22 @@ def map_receivable(b: dict) -> dict:
 
 def sales_order_body(doc: dict, options: dict) -> dict:
     """Outbox ``sales_order`` doc -> A_SalesOrder deep-insert body (header + to_Item)."""
-    ref = _text(doc.get("bill_no"))
+    ref = parse_text(doc.get("bill_no"))
     if ref is None:
         raise MappingError("bill_no: missing")
     if len(ref) > PO_MAX:
         raise MappingError(f"bill_no: {ref!r} is longer than PurchaseOrderByCustomer's {PO_MAX} "
                            "characters")
-    customer = _text(doc.get("customer_code"))
+    customer = parse_text(doc.get("customer_code"))
     if customer is None:
         raise MappingError("customer_code: missing (SAP needs a SoldToParty)")
-    currency = _text(doc.get("currency"))
+    currency = parse_text(doc.get("currency"))
     lines = doc.get("lines") or []
     if not lines:
         raise MappingError("lines: a sales order needs at least one line")
     items = []
     for n, ln in enumerate(lines, start=1):
-        sku = _text(ln.get("sku"))
+        sku = parse_text(ln.get("sku"))
         if sku is None:
             raise MappingError(f"lines[{n}].sku: missing")
         qty = parse_decimal(ln.get("qty"), f"lines[{n}].qty")
@@ -334,7 +328,7 @@ def order_patches(order: dict, body: dict, condition: str) -> list[Patch]:
             continue
         have = order.get(name)
         same = (parse_odata_datetime(have, name) == parse_odata_datetime(want, name)
-                if name.endswith("Date") else _text(have) == _text(want))
+                if name.endswith("Date") else parse_text(have) == parse_text(want))
         if not same:
             header[name] = want
     if header:
@@ -346,7 +340,7 @@ def order_patches(order: dict, body: dict, condition: str) -> list[Patch]:
         raise OrderMismatch(f"it has {len(have_items)} items, the document {len(want_items)}")
     for n, (have, want) in enumerate(zip(have_items, want_items, strict=True), start=1):
         where = f"to_Item[{n}]"
-        if _text(have.get("Material")) != want["Material"]:
+        if parse_text(have.get("Material")) != want["Material"]:
             raise OrderMismatch(f"item {have.get('SalesOrderItem')} is material "
                                 f"{have.get('Material')}, the document's line {n} {want['Material']}")
         have_qty = parse_decimal(have.get("RequestedQuantity"), f"{where}.RequestedQuantity")
@@ -484,7 +478,7 @@ class SapConnector(Connector):
         return records
 
     def raw_record(self, spec: StreamSpec, record: dict) -> RawRecord:
-        rid = _text(record.get(spec.id_field))
+        rid = parse_text(record.get(spec.id_field))
         if rid is None:
             raise ApiError(self.name, f"a {spec.kind} record has no {spec.id_field!r}")
         try:
@@ -551,7 +545,7 @@ class SapConnector(Connector):
             if found is None:
                 raise
             return self._bring_in_line(found, body)
-        number = _text(dig(resp.data, ("d", "SalesOrder")))
+        number = parse_text(dig(resp.data, ("d", "SalesOrder")))
         if number is None:
             raise resp.error(f"created purchase order {ref}, but the answer names no SalesOrder")
         return number

@@ -65,6 +65,7 @@ from connectors.base import (
     RawRecord,
     StreamSpec,
     parse_datetime,
+    parse_text,
 )
 from connectors.http import ApiError, Auth, BearerAuth, HttpResponse, PaginationError
 from connectors.paging import Paginator
@@ -152,12 +153,6 @@ def datetime_to_unix(dt: datetime) -> int:
     return (dt - _EPOCH) // _SECOND
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
 
 def map_charge(c: dict) -> dict:
     """A Stripe charge -> canonical ``payments`` record: the cash kept on it (see module doc)."""
@@ -187,8 +182,8 @@ def map_charge(c: dict) -> dict:
         metadata = {**(intent.get("metadata") or {}), **metadata}
     return {
         "external_id": str(c["id"]),
-        "reference": _text(metadata.get("order_no")) or _text(c.get("description")),
-        "customer_code": _text(metadata.get("customer_code")),
+        "reference": parse_text(metadata.get("order_no")) or parse_text(c.get("description")),
+        "customer_code": parse_text(metadata.get("customer_code")),
         "currency": cur,
         "amount": amount_from_minor(net, cur),
         "received_at": created,
@@ -529,7 +524,7 @@ class InvoicePlan:
 
 
 def _required(doc: dict, field: str) -> str:
-    value = _text(doc.get(field))
+    value = parse_text(doc.get(field))
     if value is None:
         raise MappingError(f"{field}: missing")
     return value

@@ -86,6 +86,7 @@ from connectors.base import (
     dig,
     parse_datetime,
     parse_decimal,
+    parse_text,
 )
 from connectors.http import (
     ApiError,
@@ -125,13 +126,6 @@ class U8Error(ApiError):
 
 # -- mapping (pure) ----------------------------------------------------------------------------
 
-def _text(value: Any) -> str | None:
-    """U8 answers "" (or spaces) for an empty field."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
 
 def _updated(rec: dict) -> datetime:
     updated_at = parse_datetime(rec.get("modifytime"), "modifytime")  # zone-less: UTC
@@ -149,7 +143,7 @@ def _required_decimal(rec: dict, key: str) -> Decimal:
 
 def currency_code(name: Any, currencies: Mapping[str, str] = CURRENCY_CODES) -> str | None:
     """U8 keeps a currency by its name (人民币); an unknown name is passed on as it is."""
-    text = _text(name)
+    text = parse_text(name)
     return currencies.get(text, text) if text else None
 
 
@@ -166,7 +160,7 @@ def map_order(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) -> dict
     lines = [
         {
             "line_no": n,
-            "sku": _text(ln.get("inventorycode")),
+            "sku": parse_text(ln.get("inventorycode")),
             "qty": parse_decimal(ln.get("quantity"), f"entry[{n}].quantity"),
             "unit_price": parse_decimal(ln.get("originaltaxedprice"),
                                         f"entry[{n}].originaltaxedprice"),
@@ -175,30 +169,30 @@ def map_order(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) -> dict
     ]
     return {
         "external_id": str(rec["id"]),
-        "order_no": _text(rec.get("code")),
-        "customer_code": _text(rec.get("cuscode")),
+        "order_no": parse_text(rec.get("code")),
+        "customer_code": parse_text(rec.get("cuscode")),
         "customer_email": None,  # ERP orders name the customer by code
         "ordered_at": parse_datetime(rec.get("date"), "date"),  # a voucher date: midnight UTC
         "updated_at": _updated(rec),
         "currency": currency_code(rec.get("currency_name"), currencies),
         "total": parse_decimal(rec.get("sum"), "sum"),
-        "ship_region": _text(rec.get(SHIP_REGION_FIELD)),
+        "ship_region": parse_text(rec.get(SHIP_REGION_FIELD)),
         "lines": lines,
     }
 
 
 def map_customer(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) -> dict:
     """A customer archive record -> canonical ``customers`` (the code is the key)."""
-    code = _text(rec.get("code"))
+    code = parse_text(rec.get("code"))
     if code is None:
         raise MappingError("code: missing")
     return {
         "external_id": code,
         "code": code,
-        "name": _text(rec.get("name")),
-        "email": _text(rec.get("email")),
-        "region": _text(rec.get("domain_code")),
-        "customer_group": _text(rec.get("sort_code")),
+        "name": parse_text(rec.get("name")),
+        "email": parse_text(rec.get("email")),
+        "region": parse_text(rec.get("domain_code")),
+        "customer_group": parse_text(rec.get("sort_code")),
         "credit_limit": parse_decimal(rec.get("credit_line"), "credit_line"),
         "currency": currency_code(rec.get("currency_name"), currencies),
         "updated_at": _updated(rec),
@@ -209,9 +203,9 @@ def map_stock(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) -> dict
     """An inventory (current stock) row -> canonical ``stock``."""
     return {
         "external_id": str(rec["id"]),
-        "sku": _text(rec.get("inventorycode")),
-        "warehouse": _text(rec.get("warehousecode")),
-        "region": _text(rec.get("wh_region")),
+        "sku": parse_text(rec.get("inventorycode")),
+        "warehouse": parse_text(rec.get("warehousecode")),
+        "region": parse_text(rec.get("wh_region")),
         "qty": _required_decimal(rec, "quantity"),
         "updated_at": _updated(rec),
     }
@@ -221,9 +215,9 @@ def map_receivable(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) ->
     """An oughtreceivelist record (应收单) -> canonical ``receivables``."""
     return {
         "external_id": str(rec["id"]),
-        "invoice_no": _text(rec.get("code")),
-        "order_ref": _text(rec.get("socode")),
-        "customer_code": _text(rec.get("cuscode")),
+        "invoice_no": parse_text(rec.get("code")),
+        "order_ref": parse_text(rec.get("socode")),
+        "customer_code": parse_text(rec.get("cuscode")),
         "currency": currency_code(rec.get("currency_name"), currencies),
         "amount": _required_decimal(rec, "originalamount"),
         "open_amount": parse_decimal(rec.get("originalbalance"), "originalbalance"),
@@ -238,13 +232,13 @@ def map_receivable(rec: dict, currencies: Mapping[str, str] = CURRENCY_CODES) ->
 def sales_order_body(doc: dict, ref_field: str | None = "define11",
                      currencies: Mapping[str, str] = CURRENCY_CODES) -> dict:
     """outbox ``sales_order`` doc -> the ``saleorder`` object of saleorder/add."""
-    code = _text(doc.get("bill_no"))
+    code = parse_text(doc.get("bill_no"))
     if not code:
         raise MappingError("bill_no: missing")
     lines = doc.get("lines") or []
     if not lines:
         raise MappingError("lines: a sales order needs at least one line")
-    currency = _text(doc.get("currency"))
+    currency = parse_text(doc.get("currency"))
     names = {iso: name for name, iso in currencies.items()}
     entry = []
     for n, ln in enumerate(lines, start=1):
@@ -252,21 +246,21 @@ def sales_order_body(doc: dict, ref_field: str | None = "define11",
         price = parse_decimal(ln.get("unit_price"), f"lines[{n}].unit_price")
         if qty is None or price is None:
             raise MappingError(f"lines[{n}]: qty and unit_price are required")
-        entry.append({"rowno": n, "inventorycode": _text(ln.get("sku")), "quantity": qty,
+        entry.append({"rowno": n, "inventorycode": parse_text(ln.get("sku")), "quantity": qty,
                       "originaltaxedprice": price,
                       "originalsum": _line_sum(qty * price, currency)})
     ordered = parse_datetime(doc.get("ordered_at"), "ordered_at")
     body: dict[str, Any] = {
         "code": code,
         "date": ordered.date().isoformat() if ordered else None,
-        "cuscode": _text(doc.get("customer_code")),
+        "cuscode": parse_text(doc.get("customer_code")),
         "currency_name": names.get(currency, currency) if currency else None,
         "sum": parse_decimal(doc.get("total"), "total"),
         "memo": f"orderhub {doc.get('source') or ''} {doc.get('order_no') or ''}".strip(),
         "entry": entry,
     }
     if ref_field:
-        body[ref_field] = _text(doc.get("order_no"))  # marks it ours: kept out of `orders`
+        body[ref_field] = parse_text(doc.get("order_no"))  # marks it ours: kept out of `orders`
     return body
 
 
@@ -520,7 +514,7 @@ class U8Connector(Connector):
         if found is None:
             found = self._add_sales_order(code, body)
         self._check_ours(found, body)
-        if not _text(found.get("verifier")):
+        if not parse_text(found.get("verifier")):
             self._verify_sales_order(code)
         return code
 
@@ -547,7 +541,7 @@ class U8Connector(Connector):
         ref_field = self.options.get("ref_field")
         if not ref_field or ref_field not in found:
             return  # no marker configured (or not returned): the code alone has to do
-        if _text(found.get(ref_field)) != _text(body.get(ref_field)):
+        if parse_text(found.get(ref_field)) != parse_text(body.get(ref_field)):
             raise ApiError(self.name, f"sales order {body['code']} exists in U8 but belongs to "
                            f"another order ({ref_field}={found.get(ref_field)!r}, expected "
                            f"{body.get(ref_field)!r}); not reported as pushed")
@@ -583,7 +577,7 @@ class U8Connector(Connector):
         if code_ == NO_DATA:
             return None
         found = dig(resp.data, ("saleorder",))
-        if not isinstance(found, dict) or _text(found.get("code")) != code:
+        if not isinstance(found, dict) or parse_text(found.get("code")) != code:
             raise resp.error(f"saleorder/get for {code} did not answer that order")
         return found
 
@@ -602,5 +596,5 @@ def _hinted(message: str, hints: tuple[str, ...]) -> bool:
 def _without_own_orders(pages: Iterator[Page], ref_field: str) -> Iterator[Page]:
     """Drop the sales orders orderhub pushed itself; cursors stay (they are stream positions)."""
     for page in pages:
-        yield Page([r for r in page.records if not _text(r.payload.get(ref_field))], page.cursor)
+        yield Page([r for r in page.records if not parse_text(r.payload.get(ref_field))], page.cursor)
 

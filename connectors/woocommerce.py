@@ -34,6 +34,7 @@ from connectors.base import (
     StreamSpec,
     parse_datetime,
     parse_decimal,
+    parse_text,
 )
 from connectors.http import ApiError, Auth, BasicAuth
 from connectors.paging import PageNumberPaginator
@@ -46,13 +47,6 @@ DEAD_STATUSES = frozenset({"cancelled", "refunded", "failed", "trash"})
 
 # -- mapping (pure) ----------------------------------------------------------------------------
 
-
-def _text(value: Any) -> str | None:
-    """WooCommerce sends "" for an empty field; both "" and null mean missing."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def _meta(order: dict, key: str) -> Any:
@@ -79,20 +73,20 @@ def map_order(o: dict) -> dict:
             price = _unit_from_subtotal(li, n)
         lines.append({
             "line_no": n,
-            "sku": _text(li.get("sku")),
+            "sku": parse_text(li.get("sku")),
             "qty": parse_decimal(li.get("quantity"), f"line_items[{n}].quantity"),
             "unit_price": parse_decimal(price, f"line_items[{n}].price"),
         })
     return {
         "external_id": str(o["id"]),
-        "order_no": _text(o.get("number")) or str(o["id"]),
-        "customer_code": _text(_meta(o, "customer_code")),
-        "customer_email": _text(billing.get("email")),
+        "order_no": parse_text(o.get("number")) or str(o["id"]),
+        "customer_code": parse_text(_meta(o, "customer_code")),
+        "customer_email": parse_text(billing.get("email")),
         "ordered_at": parse_datetime(o.get("date_created_gmt"), "date_created_gmt"),
         "updated_at": updated_at,
-        "currency": _text(o.get("currency")),
+        "currency": parse_text(o.get("currency")),
         "total": parse_decimal(o.get("total"), "total"),
-        "ship_region": _text(shipping.get("state")),
+        "ship_region": parse_text(shipping.get("state")),
         "lines": lines,
     }
 
