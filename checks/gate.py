@@ -11,11 +11,19 @@ How one gate call runs (``run_gate``):
 3. If any expectation *errored*, nothing is quarantined or validated: the error is recorded in
    ``check_results`` and ``GateError`` is raised (an errored check reads as ``success=False``
    too, so a failure is never taken for a verdict without looking).
-4. Otherwise one transaction: each error-severity check's own SQL feeds ``INSERT ... SELECT``
-   into ``quarantine`` (set-based, no keys travel through Python - ``get_unexpected_rows`` is
-   avoided, its batch path hard-codes progress bars), failing orders move
-   captured -> quarantined, the rest of the batch captured -> validated, and ``check_results``
-   is written. Warn-severity failures are counted but the orders pass.
+4. Otherwise one transaction:
+   a. each check's own SQL feeds ``INSERT ... SELECT`` into a temporary table of failures
+      (set-based, no keys travel through Python - ``get_unexpected_rows`` is avoided, its batch
+      path hard-codes progress bars);
+   b. the batch threshold (``gate:`` in orderhub.yaml, ``checks.suite.GatePolicy``), per source:
+      when more than N % of a source's orders (at least ``min_batch`` of them) fail an error
+      check, that source's whole share moves captured -> held, with the numbers as the reason,
+      and nothing of it is quarantined or validated - a broken source does not flood quarantine,
+      and does not hold the other sources back. Orders a human released from a hold
+      (``release_held``) are judged one by one: they neither count towards nor fall under it;
+   c. error failures of the orders still captured go to ``quarantine`` (status open), warn
+      failures to ``check_warnings``; failing orders move captured -> quarantined, the rest of
+      the batch captured -> validated (warned orders pass), and ``check_results`` is written.
 
 SQLite: GE's engine and ours are separate connections to one file. GE works first, with no
 transaction of ours open, and GE's connections are closed before ours writes, so neither waits
@@ -28,23 +36,48 @@ import functools
 import logging
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    column,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from checks.suite import CheckSpec, batch_query, render
-from warehouse.engine import begin_write
+from checks.suite import CheckSpec, GatePolicy, batch_query, render
+from warehouse.engine import begin_write, in_values
 from warehouse.orders import transition
-from warehouse.schema import check_results, orders, quarantine
+from warehouse.schema import (
+    UtcDateTime,
+    check_results,
+    ops_actions,
+    order_events,
+    orders,
+    quarantine,
+)
 
 log = logging.getLogger(__name__)
 
 _GE_SEVERITY = {"error": "critical", "warn": "warning"}
+TOP_CHECKS = 3  # checks named in a hold's reason
+RELEASE_ACTION = "release_held"  # ops_actions.action of a release
 
 
 class GateError(RuntimeError):
@@ -68,6 +101,36 @@ class CheckOutcome:
 
 
 @dataclass
+class SourceHold:
+    """One source's share of the batch, held: the numbers behind the decision."""
+
+    source: str
+    evaluated: int  # the source's orders in the batch (released ones not counted)
+    failed: int  # of which failing at least one error check
+    limit: Decimal  # hold_if_failed_over_percent
+    top_checks: list[tuple[str, int]] = field(default_factory=list)  # (check, failing orders)
+    held: int = 0  # orders moved captured -> held
+
+    @property
+    def percent(self) -> Decimal:
+        return (Decimal(self.failed * 100) / self.evaluated).quantize(Decimal("0.1"),
+                                                                      ROUND_HALF_UP)
+
+    @property
+    def reason(self) -> str:
+        """The order_events reason of every held order, and the alert's text."""
+        top = ", ".join(f"{check} {n}" for check, n in self.top_checks)
+        return (f"batch held: {self.failed} of {self.evaluated} ({self.percent}%) {self.source} "
+                f"orders failed, over the {self.limit}% limit: top checks {top}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "evaluated": self.evaluated, "failed": self.failed,
+                "percent": str(self.percent), "limit": str(self.limit), "held": self.held,
+                "top_checks": [{"check": c, "failed": n} for c, n in self.top_checks],
+                "reason": self.reason}
+
+
+@dataclass
 class GateResult:
     run_id: str
     evaluated: int  # orders in the staged batch
@@ -76,6 +139,14 @@ class GateResult:
     checks: list[CheckOutcome] = field(default_factory=list)
     duration_s: float = 0.0
     ge_s: float = 0.0  # of which inside Great Expectations (import, context, validation)
+    held_orders: int = 0  # orders moved captured -> held (all held sources)
+    warned: int = 0  # validated orders carrying at least one warning
+    holds: list[SourceHold] = field(default_factory=list)  # one per held source
+
+    @property
+    def held(self) -> bool:
+        """True when the threshold held a source's share of the batch: alert ops."""
+        return bool(self.holds)
 
     @property
     def errors(self) -> list[CheckOutcome]:
@@ -98,16 +169,21 @@ class GateResult:
     def summary(self) -> dict[str, Any]:
         """JSON-safe figures for the run summary and lineage."""
         data = asdict(self)
+        data["holds"] = [h.as_dict() for h in self.holds]
+        data["held"] = self.held
         data["duration_s"] = round(self.duration_s, 3)
         data["ge_s"] = round(self.ge_s, 3)
         return data
 
 
-def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec]) -> GateResult:
-    """Judge every captured order with ``specs``; quarantine or validate each one.
+def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec],
+             policy: GatePolicy | None = None) -> GateResult:
+    """Judge every captured order with ``specs``; quarantine, validate or hold each one.
 
-    Raises ``GateError`` when a check errors (recorded in check_results; no order moves) or when
-    Great Expectations cannot run at all (nothing written).
+    ``policy`` (``checks.suite.load_gate`` of orderhub.yaml's ``gate:``) sets the per-source
+    batch threshold; None never holds. Raises ``GateError`` when a check errors (recorded in
+    check_results; no order moves) or when Great Expectations cannot run at all (nothing
+    written).
     """
     started = time.perf_counter()
     url = engine.url
@@ -159,32 +235,74 @@ def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec]) -> GateRes
         )
 
     now = datetime.now(UTC)
-    blocking = [s for s in specs if s.blocking]
     ge_failed = {c.check_id: c.failed for c in result.checks}
     with begin_write(engine) as conn:
-        for spec in blocking:
-            written = _quarantine(conn, spec, batch, run_id, now)
+        failures = _Failures(conn)
+        for spec in specs:
+            written = failures.add(spec, batch)
             if written != ge_failed[spec.id]:
                 # GE and our query read the batch at different moments; the orders changed in
                 # between. The decision follows our query (same transaction as the transition).
                 log.warning("gate run %s: %s failed %d orders in GE but %d now", run_id,
                             spec.id, ge_failed[spec.id], written)
-        if blocking:
-            failing = (
-                select(quarantine.c.order_id)
-                .where(quarantine.c.run_id == run_id, quarantine.c.status == "open",
-                       quarantine.c.severity == "error",
-                       quarantine.c.check_id.in_([s.id for s in blocking]))
-            )
-            held = _batch_ids(max_id).where(orders.c.id.in_(failing))
-            result.quarantined = transition(conn, held, "quarantined", run_id,
-                                            "failed the quality gate (see quarantine)")
+        for hold in _holds(conn, failures.table, policy, max_id):
+            hold.held = transition(conn, _holdable(max_id, hold.source), "held", run_id,
+                                   hold.reason)
+            result.holds.append(hold)
+            result.held_orders += hold.held
+            log.warning("gate run %s: %s", run_id, hold.reason)
+        # from here on "captured and in the batch" means: not held
+        _write_rows(conn, _QUARANTINE_SQL, failures.name, max_id, now, run_id)
+        _write_rows(conn, _WARNINGS_SQL, failures.name, max_id, now, run_id)
+        f = failures.table
+        failing = select(f.c.order_id).where(f.c.severity == "error")
+        result.quarantined = transition(conn, _batch_ids(max_id).where(orders.c.id.in_(failing)),
+                                        "quarantined", run_id,
+                                        "failed the quality gate (see quarantine)")
         # What is still captured in the batch passed every error check (warn failures pass).
         result.validated = transition(conn, _batch_ids(max_id), "validated", run_id,
                                       "passed the quality gate")
+        result.warned = conn.execute(
+            select(func.count(func.distinct(f.c.order_id)))
+            .join(orders, orders.c.id == f.c.order_id)
+            .where(f.c.severity == "warn", orders.c.status == "validated")
+        ).scalar_one()
         _record_results(conn, run_id, result.checks)
+        failures.drop()
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def release_held(engine: Engine, run_id: str, actor: str, reason: str, *,
+                 source: str | None = None, held_by: str | None = None) -> int:
+    """Move held orders back to captured for the next gate, which judges each of them on its
+    own (a released order is exempt from the batch threshold: a human has looked at it).
+
+    ``source`` and ``held_by`` (the run that held them) narrow the choice; by default every held
+    order is released. Each order gets an ``ops_actions`` row (action ``release_held``, actor,
+    reason) and an ``order_events`` row. Returns how many orders moved.
+    """
+    if not (actor or "").strip() or not (reason or "").strip():
+        raise ValueError("release_held: actor and reason are required (who releases, and why)")
+    chosen = select(orders.c.id).where(orders.c.status == "held")
+    if source is not None:
+        chosen = chosen.where(orders.c.source == source)
+    if held_by is not None:
+        chosen = chosen.where(exists().where(order_events.c.order_id == orders.c.id,
+                                             order_events.c.to_state == "held",
+                                             order_events.c.run_id == held_by))
+    with begin_write(engine) as conn:
+        ids = list(conn.scalars(chosen.order_by(orders.c.id)))
+        if not ids:
+            return 0
+        picked = in_values(orders.c.id, ids, conn.dialect.name)
+        conn.execute(insert(ops_actions).from_select(
+            ["order_id", "action", "actor", "reason", "at", "run_id"],
+            select(orders.c.id, literal(RELEASE_ACTION), literal(actor), literal(reason),
+                   literal(datetime.now(UTC), UtcDateTime()), literal(run_id)).where(picked),
+        ))
+        return transition(conn, ids, "captured", run_id,
+                          f"released from hold by {actor}: {reason}")
 
 
 # --- Great Expectations ------------------------------------------------------------------------
@@ -317,29 +435,111 @@ def _batch_ids(max_id: int | None) -> Select:
     return select(orders.c.id).where(orders.c.status == "captured", orders.c.id <= (max_id or 0))
 
 
+def _released() -> Any:
+    """The order was released from a hold by a human: judged on its own from now on."""
+    return exists().where(order_events.c.order_id == orders.c.id,
+                          order_events.c.from_state == "held",
+                          order_events.c.to_state == "captured")
+
+
+def _holdable(max_id: int | None, source: str) -> Select:
+    return _batch_ids(max_id).where(orders.c.source == source, ~_released())
+
+
+class _Failures:
+    """A temporary table of this gate's failures (order_id, check_id, severity, reason, value):
+    each check query runs once, and the threshold, quarantine and warnings all read its rows."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.name = f"gate_failures_{uuid.uuid4().hex[:12]}"  # one per call: no clash on a pool
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {self.name} (order_id INTEGER NOT NULL, "
+            "check_id VARCHAR(64) NOT NULL, severity VARCHAR(8) NOT NULL, reason TEXT NOT NULL, "
+            "value TEXT)"
+        )
+        conn.exec_driver_sql(f"CREATE INDEX ix_{self.name} ON {self.name} (order_id)")
+        self.table: Table = table(self.name, column("order_id"), column("check_id"),
+                                  column("severity"), column("reason"), column("value"))
+
+    def add(self, spec: CheckSpec, batch: str) -> int:
+        """One set-based INSERT ... SELECT of the check's failing orders; returns their number."""
+        failing = render(spec.sql(self.conn.dialect.name), batch)
+        stmt = text(
+            f"INSERT INTO {self.name} (order_id, check_id, severity, reason, value) "
+            "SELECT f.order_id, :check_id, :severity, COALESCE(f.reason, 'check failed'), f.value "
+            f"FROM ({failing}) AS f WHERE f.order_id IS NOT NULL"
+        )
+        res = self.conn.execute(stmt, {"check_id": spec.id, "severity": spec.severity})
+        return max(res.rowcount, 0)
+
+    def drop(self) -> None:
+        # Inside the transaction: a rollback undoes the CREATE too, on SQLite and PostgreSQL.
+        self.conn.exec_driver_sql(f"DROP TABLE {self.name}")
+
+
+def _holds(conn: Connection, failures: Table, policy: GatePolicy | None,
+           max_id: int | None) -> list[SourceHold]:
+    """The sources whose share of the batch the policy holds, with their numbers."""
+    if policy is None or policy.hold_percent is None:
+        return []
+    failed = select(failures.c.order_id).where(failures.c.severity == "error").distinct().subquery()
+    counted = (
+        select(orders.c.source, func.count(), func.count(failed.c.order_id))
+        .select_from(orders.outerjoin(failed, failed.c.order_id == orders.c.id))
+        .where(orders.c.status == "captured", orders.c.id <= (max_id or 0), ~_released())
+        .group_by(orders.c.source)
+    )
+    holds = []
+    for source, evaluated, n_failed in conn.execute(counted.order_by(orders.c.source)):
+        if not policy.holds(int(evaluated), int(n_failed)):
+            continue
+        n = func.count(func.distinct(failures.c.order_id))
+        top = conn.execute(
+            select(failures.c.check_id, n)
+            .join_from(failures, orders, orders.c.id == failures.c.order_id)
+            .where(failures.c.severity == "error", orders.c.source == source,
+                   orders.c.status == "captured", orders.c.id <= (max_id or 0), ~_released())
+            .group_by(failures.c.check_id)
+            .order_by(n.desc(), failures.c.check_id)
+            .limit(TOP_CHECKS)
+        ).all()
+        holds.append(SourceHold(source, int(evaluated), int(n_failed), policy.hold_percent,
+                                [(check, int(k)) for check, k in top]))
+    return holds
+
+
+# Rows of orders still captured in the batch (held ones are not): quarantine for error failures,
+# check_warnings for warn failures. Idempotent per (order_id, check_id): a re-failing order's row
+# is reopened for this run. The WHERE clause also lets SQLite parse INSERT ... SELECT ... ON
+# CONFLICT.
 _QUARANTINE_SQL = """
 INSERT INTO quarantine (order_id, check_id, severity, reason, value, status, created_at, run_id)
-SELECT f.order_id, :check_id, :severity, COALESCE(f.reason, 'check failed'), f.value, 'open', :now,
-       :run_id
-FROM ({failing}) AS f
-WHERE f.order_id IS NOT NULL
+SELECT f.order_id, f.check_id, f.severity, f.reason, f.value, 'open', :now, :run_id
+FROM {failures} AS f JOIN orders o ON o.id = f.order_id
+WHERE f.severity = 'error' AND o.status = 'captured' AND o.id <= :max_id
 ON CONFLICT (order_id, check_id) DO UPDATE SET
     severity = excluded.severity, reason = excluded.reason, value = excluded.value,
     status = 'open', created_at = excluded.created_at, run_id = excluded.run_id
 """
 
+_WARNINGS_SQL = """
+INSERT INTO check_warnings (order_id, check_id, reason, value, created_at, run_id)
+SELECT f.order_id, f.check_id, f.reason, f.value, :now, :run_id
+FROM {failures} AS f JOIN orders o ON o.id = f.order_id
+WHERE f.severity = 'warn' AND o.status = 'captured' AND o.id <= :max_id
+ON CONFLICT (order_id, check_id) DO UPDATE SET
+    reason = excluded.reason, value = excluded.value, created_at = excluded.created_at,
+    run_id = excluded.run_id
+"""
 
-def _quarantine(conn: Connection, spec: CheckSpec, batch: str, run_id: str,
-                now: datetime) -> int:
-    """One set-based INSERT ... SELECT of the check's failing orders; idempotent per
-    (order_id, check_id): a re-failing order's row is reopened for this run. The WHERE clause
-    is also what lets SQLite parse ``INSERT ... SELECT ... ON CONFLICT``."""
-    failing = render(spec.sql(conn.dialect.name), batch)
-    stmt = text(_QUARANTINE_SQL.replace("{failing}", failing)).bindparams(
+
+def _write_rows(conn: Connection, sql: str, failures: str, max_id: int | None, now: datetime,
+                run_id: str) -> int:
+    stmt = text(sql.replace("{failures}", failures)).bindparams(
         bindparam("now", type_=quarantine.c.created_at.type)
     )
-    res = conn.execute(stmt, {"check_id": spec.id, "severity": spec.severity, "now": now,
-                              "run_id": run_id})
+    res = conn.execute(stmt, {"now": now, "run_id": run_id, "max_id": int(max_id or 0)})
     return max(res.rowcount, 0)
 
 

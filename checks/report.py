@@ -1,8 +1,12 @@
 """The failed-check report: one self-contained HTML page per gate run, for ops.
 
+What it shows, top to bottom: a banner per source whose share of the batch the threshold held
+(with the numbers), the check results, the quarantined orders with each failing check's reason
+and value, and the warnings: orders that passed with a warn-severity flag.
+
 No external assets (inline CSS), every value escaped, written atomically (a reader never sees
-half a page). ``quarantine_table`` gives the same rows as plain dicts for the CLI and Prefect
-artifacts.
+half a page). ``quarantine_table``, ``warning_table`` and ``held_table`` give the same rows as
+plain dicts for the CLI and Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -15,9 +19,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
-from warehouse.schema import check_results, customers, orders, quarantine, runs
+from warehouse.schema import (
+    check_results,
+    check_warnings,
+    customers,
+    order_events,
+    orders,
+    quarantine,
+    runs,
+)
 
 
 def quarantine_table(engine: Engine, run_id: str) -> list[dict[str, Any]]:
@@ -56,6 +68,58 @@ def quarantine_table(engine: Engine, run_id: str) -> list[dict[str, Any]]:
         ]
 
 
+def warning_table(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    """One JSON-safe row per (order, warn check) flagged by ``run_id``, ordered by order."""
+    customer = func.coalesce(customers.c.code, orders.c.customer_code, orders.c.customer_email)
+    q = (
+        select(
+            orders.c.id, orders.c.source, orders.c.external_id, orders.c.order_no,
+            customer.label("customer"), orders.c.total, orders.c.currency, orders.c.status,
+            check_warnings.c.check_id, check_warnings.c.reason, check_warnings.c.value,
+        )
+        .join(orders, orders.c.id == check_warnings.c.order_id)
+        .outerjoin(customers, customers.c.id == orders.c.customer_id)
+        .where(check_warnings.c.run_id == run_id)
+        .order_by(orders.c.source, orders.c.external_id, check_warnings.c.check_id)
+    )
+    with engine.connect() as conn:
+        return [
+            {
+                "order_id": int(r.id),
+                "source": r.source,
+                "external_id": r.external_id,
+                "order_no": r.order_no,
+                "customer": r.customer,
+                "total": _money(r.total),
+                "currency": r.currency,
+                "order_status": r.status,
+                "check": r.check_id,
+                "severity": "warn",
+                "reason": r.reason,
+                "value": r.value,
+                "status": "warned",
+            }
+            for r in conn.execute(q)
+        ]
+
+
+def held_table(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    """The holds ``run_id`` made: one row per source with the reason (the numbers), how many
+    orders it held and how many of them are still held."""
+    e = order_events
+    still = func.sum(case((orders.c.status == "held", 1), else_=0))
+    q = (
+        select(orders.c.source, e.c.reason, func.count().label("held"), still.label("still"))
+        .join(orders, orders.c.id == e.c.order_id)
+        .where(e.c.run_id == run_id, e.c.to_state == "held")
+        .group_by(orders.c.source, e.c.reason)
+        .order_by(orders.c.source)
+    )
+    with engine.connect() as conn:
+        return [{"source": r.source, "reason": r.reason, "held": int(r.held),
+                 "still_held": int(r.still or 0)} for r in conn.execute(q)]
+
+
 def check_summary(engine: Engine, run_id: str) -> list[dict[str, Any]]:
     """check_results of ``run_id`` as JSON-safe rows."""
     q = (select(check_results).where(check_results.c.run_id == run_id)
@@ -79,7 +143,8 @@ def write_report(engine: Engine, run_id: str, path: str | Path) -> Path:
         if started is None:  # a gate run outside a recorded flow run: when it quarantined
             started = conn.execute(select(func.min(quarantine.c.created_at))
                                    .where(quarantine.c.run_id == run_id)).scalar()
-    page = _page(run_id, started, check_summary(engine, run_id), quarantine_table(engine, run_id))
+    page = _page(run_id, started, check_summary(engine, run_id), quarantine_table(engine, run_id),
+                 warning_table(engine, run_id), held_table(engine, run_id))
     _write_atomically(path, page)
     return path
 
@@ -95,6 +160,10 @@ th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums
 .fail{color:#b00020;font-weight:600} .ok{color:#1b7f3b} .warn{color:#a15c00}
 .order{border:1px solid #ddd;border-radius:4px;padding:.6em 1em;margin:.8em 0}
 .order h3{font-size:1em;margin:0 0 .4em} code{background:#f6f6f6;padding:0 .2em}
+.banner{border:2px solid #b00020;background:#fdecee;border-radius:4px;padding:.6em 1em;margin:1em 0}
+.banner h2{margin:0 0 .3em;color:#b00020} .flag{background:#fff4e0;color:#a15c00;
+border-radius:3px;padding:0 .4em;margin-right:.3em;font-size:.9em}
+td.value{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap}
 """
 
 
@@ -103,13 +172,14 @@ def _e(value: Any) -> str:
 
 
 def _page(run_id: str, started: datetime | None, checks: list[dict[str, Any]],
-          rows: list[dict[str, Any]]) -> str:
+          rows: list[dict[str, Any]], warned: list[dict[str, Any]] | None = None,
+          holds: list[dict[str, Any]] | None = None) -> str:
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     when = (started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             if isinstance(started, datetime) else "unknown")
-    by_order: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_order.setdefault(row["order_id"], []).append(row)
+    by_order = _by_order(rows)
+    flagged = _by_order(warned or [])
+    held = sum(h["held"] for h in holds or [])
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -117,7 +187,11 @@ def _page(run_id: str, started: datetime | None, checks: list[dict[str, Any]],
         f"<style>{_CSS}</style></head><body>",
         "<h1>Quality gate report</h1>",
         f'<p class="meta">Run <code>{_e(run_id)}</code> &middot; started {_e(when)} '
-        f"&middot; generated {_e(generated)} &middot; {len(by_order)} quarantined order(s)</p>",
+        f"&middot; generated {_e(generated)} &middot; {len(by_order)} quarantined order(s) "
+        f"&middot; {len(flagged)} order(s) with warnings &middot; {held} held order(s)</p>",
+    ]
+    parts += [_hold_banner(h) for h in holds or []]
+    parts += [
         "<h2>Checks</h2>",
         _checks_table(checks),
         "<h2>Quarantined orders</h2>",
@@ -125,7 +199,16 @@ def _page(run_id: str, started: datetime | None, checks: list[dict[str, Any]],
     if not by_order:
         parts.append("<p>No order was quarantined in this run.</p>")
     for failures in by_order.values():
-        parts.append(_order_block(failures))
+        parts.append(_order_block(failures, flags=flagged.get(failures[0]["order_id"], [])))
+    parts.append("<h2>Warnings</h2>")
+    if not flagged:
+        parts.append("<p>No order passed with a warning in this run.</p>")
+    else:
+        parts.append("<p>These orders passed the gate (warn-severity checks do not hold an "
+                     "order back); each flag names the check.</p>")
+    for order_id, flags in flagged.items():
+        if order_id not in by_order:  # a quarantined order shows its flags above
+            parts.append(_order_block(flags))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -154,19 +237,47 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _order_block(failures: list[dict[str, Any]]) -> str:
+def _lines(value: Any) -> str:
+    """A value listing several lines ("line 1 ...; line 2 ...") one per row; split before
+    escaping, so an entity like &gt; is never cut."""
+    return "<br>".join(_e(part) for part in str(value).split("; ")) if value is not None else ""
+
+
+def _by_order(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["order_id"], []).append(row)
+    return out
+
+
+def _hold_banner(hold: dict[str, Any]) -> str:
+    still = (f'{hold["still_held"]} still held' if hold["still_held"]
+             else "all released since")
+    return (f'<div class="banner"><h2>Batch held: source {_e(hold["source"])}</h2>'
+            f'<p>{_e(hold["reason"])}</p>'
+            f'<p>{hold["held"]} order(s) moved to <code>held</code>, none of them quarantined or '
+            f"validated ({_e(still)}). Fix the source or its master data, then release them "
+            "(<code>checks.gate.release_held</code>): the next gate judges each one on its own."
+            "</p></div>")
+
+
+def _order_block(failures: list[dict[str, Any]],
+                 flags: list[dict[str, Any]] | None = None) -> str:
     o = failures[0]
+    rows = failures + (flags or [])
     total = f'{o["total"]} {o["currency"] or ""}'.strip() if o["total"] is not None else "-"
+    warn_flags = "".join(f'<span class="flag">warn: {_e(f["check"])}</span>'
+                         for f in rows if f["severity"] == "warn")
     head = (
         f'<div class="order"><h3>{_e(o["source"])} &middot; {_e(o["order_no"] or "-")} '
-        f'<small>(external id {_e(o["external_id"])})</small></h3>'
+        f'<small>(external id {_e(o["external_id"])})</small> {warn_flags}</h3>'
         f'<p>Customer {_e(o["customer"] or "-")} &middot; total {_e(total)} '
         f'&middot; order status {_e(o["order_status"])}</p>'
     )
     body = "".join(
         f'<tr><td>{_e(f["check"])}</td><td>{_e(f["reason"])}</td>'
-        f'<td>{_e(f["value"])}</td><td>{_e(f["status"])}</td></tr>'
-        for f in failures
+        f'<td class="value">{_lines(f["value"])}</td><td>{_e(f["status"])}</td></tr>'
+        for f in rows
     )
     return (f"{head}<table><thead><tr><th>Check</th><th>Reason</th><th>Value</th>"
             f"<th>Status</th></tr></thead><tbody>{body}</tbody></table></div>")

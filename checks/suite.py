@@ -12,12 +12,19 @@ itself, so GE's verdict and the quarantined rows come from one definition.
 Each query reads the batch as ``{batch} AS b JOIN orders o ON o.id = b.id``. Why: GE
 substitutes ``{batch}`` as ``(subquery) AS subselect`` when a query has no JOIN but as a bare
 ``(subquery)`` when it has one; always joining, and always aliasing the batch ourselves, gives
-one form that both GE and we render identically, on SQLite and PostgreSQL.
+one form that both GE and we render identically, on SQLite and PostgreSQL. A check that needs
+the batch twice (credit: earlier orders of the same batch) aliases it again (``b2``, ...).
 
-The SQL is text shared by both dialects: no ``%`` (psycopg), no ``:name`` (SQLAlchemy binds), no
-braces besides ``{batch}`` (GE runs ``str.format``). Config values that reach the SQL are
-validated first (currency codes are three letters, the tolerance an exact decimal), so the
-literals embedded below cannot inject anything.
+The SQL is text shared by both dialects: no ``:name`` (SQLAlchemy binds), no braces besides
+``{batch}`` (GE runs ``str.format``), and no ``%`` in PostgreSQL's text (psycopg); SQLite's
+``printf`` formats are the one place a ``%`` appears. Config values that reach the SQL are
+validated first (currency codes are three letters, numbers exact decimals, names from a closed
+list), so the literals embedded below cannot inject anything.
+
+Numbers shown in ``value`` are formatted in SQL the same way on both databases (money with two
+decimals, prices with two to four, quantities without trailing zeros), so a quarantine row reads
+the same whichever warehouse wrote it. Comparisons are made in whole units of the column's scale
+(ROUND(x * 10^scale)), exact on PostgreSQL and on SQLite, where Numeric values are floats.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 SEVERITIES = ("error", "warn")
+# A check whose failure is normal business (a big order is not wrong) only warns unless told.
+DEFAULT_SEVERITY: dict[str, str] = {"stock_plausible": "warn"}
 
-# Prices are Numeric(18, 4): comparing |difference| in whole 1/10000 units is exact on both
-# dialects, even where SQLite stores the numbers as binary floats.
+# Prices are Numeric(18, 4), quantities Numeric(18, 3), money Numeric(18, 2).
 PRICE_SCALE = 4
+QTY_SCALE = 3
+PCT_SCALE = 4  # discount percentages and the factor of stock_plausible
 
 REQUIRED_FIELD_SQL: dict[str, str] = {
     "customer": (
@@ -47,6 +57,45 @@ REQUIRED_FIELD_SQL: dict[str, str] = {
 }
 DEFAULT_REQUIRED = ("customer", "currency", "ordered_at", "ship_region", "lines")
 
+# address_complete: item -> (failing condition, what the value says). ``o`` is the order, ``c``
+# its resolved customer (LEFT JOIN: may be all NULL).
+_KNOWN_REGIONS = (
+    "SELECT LOWER(TRIM(w.region)) FROM warehouses w WHERE COALESCE(TRIM(w.region), '') <> '' "
+    "UNION SELECT LOWER(TRIM(k.region)) FROM customers k WHERE COALESCE(TRIM(k.region), '') <> ''"
+)
+_BLANK = "COALESCE(TRIM({x}), '') = ''"
+ADDRESS_FIELD_SQL: dict[str, tuple[str, str]] = {
+    "ship_region": (_BLANK.format(x="o.ship_region"), "'no ship region'"),
+    # a missing region is ship_region's failure; this one judges the region given
+    "region_known": (
+        f"NOT ({_BLANK.format(x='o.ship_region')}) "
+        f"AND LOWER(TRIM(o.ship_region)) NOT IN ({_KNOWN_REGIONS})",
+        "'unknown region ' || o.ship_region",
+    ),
+    "customer_code": (
+        f"{_BLANK.format(x='o.customer_code')} AND {_BLANK.format(x='c.code')}",
+        "'no customer code'",
+    ),
+    "customer_email": (
+        f"{_BLANK.format(x='o.customer_email')} AND {_BLANK.format(x='c.email')}",
+        "'no customer email'",
+    ),
+    "contact": (
+        f"{_BLANK.format(x='o.customer_code')} AND {_BLANK.format(x='c.code')} AND "
+        f"{_BLANK.format(x='o.customer_email')} AND {_BLANK.format(x='c.email')}",
+        "'no customer code or email'",
+    ),
+}
+DEFAULT_ADDRESS = ("ship_region", "region_known", "contact")
+
+# credit_limit: what counts as the customer's open exposure (see docs/checks.md)
+CREDIT_ITEMS = ("receivables", "invoices", "uninvoiced", "batch")
+# orders the customer is committed to that are not invoiced yet (held and quarantined are not)
+UNINVOICED_STATES = ("validated", "backordered", "allocated", "pushed")
+
+DUPLICATE_KEYS = ("content", "external_ids")
+ID_FIELDS = ("external_id", "order_no")
+
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _B = "{batch}"  # GE's placeholder; kept out of the f-strings below so no brace needs doubling
 _FROM_BATCH = f"FROM {_B} AS b JOIN orders o ON o.id = b.id"
@@ -59,9 +108,17 @@ class CheckSpec:
 
     id: str
     severity: str = "error"
-    tolerance: Decimal = Decimal("0")  # price_matches_list
+    # price_matches_list: the tolerance for currencies not named, and per currency
+    tolerance: Decimal = Decimal("0")
+    tolerance_by_currency: tuple[tuple[str, Decimal], ...] = ()
     allowed: tuple[str, ...] = ()  # currency_allowed
     fields: tuple[str, ...] = DEFAULT_REQUIRED  # required_fields
+    address_fields: tuple[str, ...] = DEFAULT_ADDRESS  # address_complete (YAML key: fields)
+    key: str = "content"  # not_duplicate: content | external_ids
+    ids: tuple[str, ...] = ID_FIELDS  # not_duplicate with key external_ids
+    include: tuple[str, ...] = CREDIT_ITEMS  # credit_limit
+    factor: Decimal = Decimal("1")  # stock_plausible: qty > on hand x factor
+    max_qty: Decimal | None = None  # stock_plausible: qty > max_qty
 
     @property
     def blocking(self) -> bool:
@@ -72,15 +129,47 @@ class CheckSpec:
         """The failing-orders query over ``{batch}``: columns order_id, value, reason."""
         return _SQL[self.id](self, dialect)
 
+    def tolerance_for(self, currency: str | None) -> Decimal:
+        return dict(self.tolerance_by_currency).get(currency or "", self.tolerance)
+
     def options(self) -> dict[str, Any]:
         """The check's options as JSON-safe values (for GE meta, artifacts, lineage)."""
         if self.id == "price_matches_list":
+            if self.tolerance_by_currency:
+                return {"tolerance": {**{c: str(t) for c, t in self.tolerance_by_currency},
+                                      "default": str(self.tolerance)}}
             return {"tolerance": str(self.tolerance)}
         if self.id == "currency_allowed":
             return {"allowed": list(self.allowed)}
         if self.id == "required_fields":
             return {"fields": list(self.fields)}
+        if self.id == "address_complete":
+            return {"fields": list(self.address_fields)}
+        if self.id == "not_duplicate":
+            return {"key": self.key, **({"ids": list(self.ids)} if self.key == "external_ids"
+                                        else {})}
+        if self.id == "credit_limit":
+            return {"include": list(self.include)}
+        if self.id == "stock_plausible":
+            return {"factor": str(self.factor),
+                    **({"max_qty": str(self.max_qty)} if self.max_qty is not None else {})}
         return {}
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """orderhub.yaml ``gate:``: when a source's share of the batch is held instead of judged.
+
+    ``hold_percent`` None: never hold (every order is judged on its own)."""
+
+    hold_percent: Decimal | None = None
+    min_batch: int = 50
+
+    def holds(self, evaluated: int, failed: int) -> bool:
+        """More than ``hold_percent`` % of at least ``min_batch`` orders failed (exact)."""
+        if self.hold_percent is None or evaluated < self.min_batch or evaluated == 0:
+            return False
+        return failed * 100 > self.hold_percent * evaluated
 
 
 def batch_query(max_id: int | None = None) -> str:
@@ -126,7 +215,7 @@ def load_suite(items: Sequence[Mapping[str, Any]] | None) -> list[CheckSpec]:
         if check_id in seen:
             raise ValueError(f"{where}: id: declared twice")
         seen.add(check_id)
-        severity = item.get("severity", "error")
+        severity = item.get("severity", DEFAULT_SEVERITY.get(check_id, "error"))
         if severity not in SEVERITIES:
             raise ValueError(
                 f"{where}: severity: {severity!r} is not one of {', '.join(SEVERITIES)}"
@@ -138,16 +227,48 @@ def load_suite(items: Sequence[Mapping[str, Any]] | None) -> list[CheckSpec]:
         options: dict[str, Any] = {}
         for key, parse in _OPTIONS[check_id].items():
             try:
-                options[key] = parse(item.get(key))
+                options.update(parse(item.get(key)))
             except ValueError as exc:
                 raise ValueError(f"{where}: {key}: {exc}") from None
+        if check_id == "not_duplicate" and options["key"] != "external_ids" and "ids" in item:
+            raise ValueError(f"{where}: ids: only applies with key: external_ids")
         specs.append(CheckSpec(id=check_id, severity=severity, **options))
     return specs
 
 
-def _tolerance(raw: Any) -> Decimal:
+def load_gate(raw: Mapping[str, Any] | None) -> GatePolicy:
+    """Validate orderhub.yaml's ``gate:`` section, e.g.
+    ``{hold_if_failed_over_percent: 20, min_batch: 50}``. Absent: never hold.
+
+    Raises ``ValueError`` with one line naming the key, e.g.
+    ``gate: min_batch: 0 must be a whole number of at least 1``.
+    """
     if raw is None:
-        return Decimal("0")
+        return GatePolicy()
+    if not isinstance(raw, Mapping):
+        raise ValueError("gate: expected a mapping like {hold_if_failed_over_percent: 20, "
+                         "min_batch: 50}")
+    known = ("hold_if_failed_over_percent", "min_batch")
+    for key in raw:
+        if key not in known:
+            raise ValueError(f"gate: {key}: unknown key (known: {', '.join(known)})")
+    percent = raw.get("hold_if_failed_over_percent")
+    if percent is not None:
+        try:
+            percent = _decimal(percent)
+        except ValueError as exc:
+            raise ValueError(f"gate: hold_if_failed_over_percent: {exc}") from None
+        if percent > 100:
+            raise ValueError(f"gate: hold_if_failed_over_percent: {raw[known[0]]!r} must be "
+                             "a percentage from 0 to 100")
+    min_batch = raw.get("min_batch", GatePolicy.min_batch)
+    if isinstance(min_batch, bool) or not isinstance(min_batch, int) or min_batch < 1:
+        raise ValueError(f"gate: min_batch: {min_batch!r} must be a whole number of at least 1")
+    return GatePolicy(hold_percent=percent, min_batch=min_batch)
+
+
+def _decimal(raw: Any, places: int = PRICE_SCALE) -> Decimal:
+    """A non-negative exact decimal with at most ``places`` decimals."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float, Decimal)):
         raise ValueError(f"{raw!r} is not a decimal number")
     try:
@@ -157,9 +278,43 @@ def _tolerance(raw: Any) -> Decimal:
         raise ValueError(f"{raw!r} is not a decimal number") from None
     if not value.is_finite() or value < 0:
         raise ValueError(f"{raw!r} must be a non-negative number")
-    if value != value.quantize(Decimal(1).scaleb(-PRICE_SCALE)):
-        raise ValueError(f"{raw!r} has more than {PRICE_SCALE} decimals (prices have {PRICE_SCALE})")
+    if value != value.quantize(Decimal(1).scaleb(-places)):
+        raise ValueError(f"{raw!r} has more than {places} decimals")
     return value
+
+
+def _tolerance(raw: Any) -> Decimal:
+    if raw is None:
+        return Decimal("0")
+    try:
+        return _decimal(raw)
+    except ValueError as exc:
+        if "decimals" in str(exc):
+            raise ValueError(f"{exc} (prices have {PRICE_SCALE})") from None
+        raise
+
+
+def _tolerances(raw: Any) -> dict[str, Any]:
+    """``tolerance: "0.01"`` or ``tolerance: {CNY: "0.05", USD: "0.01", default: "0.01"}``
+    (a currency not named, and a mapping without ``default``, get 0: an exact match)."""
+    if not isinstance(raw, Mapping):
+        return {"tolerance": _tolerance(raw)}
+    if not raw:
+        raise ValueError("expected a decimal or a mapping like {CNY: \"0.05\", default: \"0.01\"}")
+    by_currency: list[tuple[str, Decimal]] = []
+    default = Decimal("0")
+    for code, value in raw.items():
+        if code == "default":
+            default = _tolerance(value)
+            continue
+        if not isinstance(code, str) or not _CURRENCY.fullmatch(code):
+            raise ValueError(f"{code!r} is not a three-letter upper-case ISO currency code "
+                             "or 'default'")
+        try:
+            by_currency.append((code, _tolerance(value)))
+        except ValueError as exc:
+            raise ValueError(f"{code}: {exc}") from None
+    return {"tolerance": default, "tolerance_by_currency": tuple(sorted(by_currency))}
 
 
 def _allowed(raw: Any) -> tuple[str, ...]:
@@ -173,18 +328,51 @@ def _allowed(raw: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
-def _fields(raw: Any) -> tuple[str, ...]:
+def _names(raw: Any, known: Sequence[str], default: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A non-empty list drawn from ``known`` (duplicates dropped), or ``default`` when absent."""
     if raw is None:
-        return DEFAULT_REQUIRED
+        return default
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
-        raise ValueError(f"expected a non-empty list of: {', '.join(REQUIRED_FIELD_SQL)}")
+        raise ValueError(f"expected a non-empty list of: {', '.join(known)}")
     for name in raw:
-        if name not in REQUIRED_FIELD_SQL:
-            raise ValueError(f"{name!r} is not a known field ({', '.join(REQUIRED_FIELD_SQL)})")
+        if name not in known:
+            raise ValueError(f"{name!r} is not a known {what} ({', '.join(known)})")
     return tuple(dict.fromkeys(raw))
 
 
-# --- SQL per check -----------------------------------------------------------------------------
+def _fields(raw: Any) -> tuple[str, ...]:
+    return _names(raw, tuple(REQUIRED_FIELD_SQL), DEFAULT_REQUIRED, "field")
+
+
+def _choice(raw: Any, known: Sequence[str], default: str) -> str:
+    if raw is None:
+        return default
+    if raw not in known:
+        raise ValueError(f"{raw!r} is not one of {', '.join(known)}")
+    return str(raw)
+
+
+def _positive(raw: Any, places: int) -> Decimal:
+    value = _decimal(raw, places)
+    if value == 0:
+        raise ValueError(f"{raw!r} must be above 0")
+    return value
+
+
+def _max_qty(raw: Any) -> Decimal | None:
+    return None if raw is None else _positive(raw, QTY_SCALE)
+
+
+def _factor(raw: Any) -> Decimal:
+    return Decimal("1") if raw is None else _positive(raw, PCT_SCALE)
+
+
+def _as(name: str, parse: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
+    """A parser for one YAML key that sets the spec field ``name``."""
+    return lambda raw: {name: parse(raw)}
+
+
+# --- SQL helpers -------------------------------------------------------------------------------
 
 
 def _agg(expr: str, dialect: str) -> str:
@@ -198,6 +386,51 @@ def _agg(expr: str, dialect: str) -> str:
 
 def _text(expr: str) -> str:
     return f"COALESCE(CAST({expr} AS TEXT), 'null')"
+
+
+def _fixed(expr: str, places: int, dialect: str) -> str:
+    """``expr`` as text with exactly ``places`` decimals, the same on both databases."""
+    if dialect == "postgresql":
+        return f"CAST(ROUND(CAST({expr} AS NUMERIC), {places}) AS TEXT)"
+    if dialect == "sqlite":
+        return f"PRINTF('%.{places}f', {expr})"
+    return f"CAST({expr} AS TEXT)"
+
+
+def _money(expr: str, dialect: str) -> str:
+    return _fixed(expr, 2, dialect)
+
+
+def _price(expr: str, dialect: str) -> str:
+    """A price with two to four decimals: 10.00, 9.025, 9.4905."""
+    t = _fixed(expr, PRICE_SCALE, dialect)
+    return (f"CASE WHEN SUBSTR({t}, LENGTH({t}) - 1) = '00' THEN SUBSTR({t}, 1, LENGTH({t}) - 2) "
+            f"WHEN SUBSTR({t}, LENGTH({t})) = '0' THEN SUBSTR({t}, 1, LENGTH({t}) - 1) "
+            f"ELSE {t} END")
+
+
+def _plain(expr: str, places: int, dialect: str) -> str:
+    """A number without trailing zeros: 500, 2.5 (quantities, percentages)."""
+    return f"RTRIM(RTRIM({_fixed(expr, places, dialect)}, '0'), '.')"
+
+
+def _percent_sign(dialect: str) -> str:
+    # Why not a literal: psycopg reads a % in the statement text as a parameter marker.
+    return "CHR(37)" if dialect == "postgresql" else "CHAR(37)"
+
+
+def _units(expr: str, scale: int) -> str:
+    """``expr`` in whole 1/10^scale units: exact comparisons even over SQLite's floats."""
+    return f"ROUND({expr} * {10**scale})"
+
+
+def _plain_decimal(value: Decimal) -> str:
+    """A config decimal as people write it: 10, 1.5 (never 1E+1)."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+# --- SQL per check -----------------------------------------------------------------------------
 
 
 def _customer_known(spec: CheckSpec, dialect: str) -> str:
@@ -217,19 +450,72 @@ def _customer_known(spec: CheckSpec, dialect: str) -> str:
 
 
 def _price_matches_list(spec: CheckSpec, dialect: str) -> str:
-    units = int(spec.tolerance.scaleb(PRICE_SCALE))
-    value = (
-        f"'line ' || CAST(l.line_no AS TEXT) || ' ' || l.sku || ' ' || {_text('l.unit_price')}"
-        " || ' vs list ' || CAST(p.price AS TEXT)"
+    """Each line's unit price against the applicable price: the most specific active price
+    rule for (sku, currency, customer group, order date) - group-specific beats general, then the
+    latest valid_from, then the rule loaded last - less its discount; else the list price.
+
+    With no price rule the applicable price is the list price: exactly the check as it was."""
+    # Tolerance in 1/10000 units per order currency (codes validated: [A-Z]{3}).
+    whens = " ".join(f"WHEN '{c}' THEN {int(t.scaleb(PRICE_SCALE))}"
+                     for c, t in spec.tolerance_by_currency)
+    tol_units = (f"CASE o.currency {whens} ELSE {int(spec.tolerance.scaleb(PRICE_SCALE))} END"
+                 if whens else str(int(spec.tolerance.scaleb(PRICE_SCALE))))
+    tol_whens = " ".join(f"WHEN '{c}' THEN '{t}'" for c, t in spec.tolerance_by_currency)
+    tol_text = (f"CASE o.currency {tol_whens} ELSE '{spec.tolerance}' END"
+                if tol_whens else f"'{spec.tolerance}'")
+    # applicable = round4(base x (100 - discount) / 100), in whole 1/10000 units, computed from
+    # integer units so SQLite's float arithmetic cannot move a boundary
+    base = "COALESCE(r.price, p.price)"
+    discount_units = _units("COALESCE(r.discount_pct, 0)", PCT_SCALE)
+    applicable = (f"ROUND({_units(base, PRICE_SCALE)} * (1000000 - {discount_units}) "
+                  "/ 1000000.0)")
+    pct = _percent_sign(dialect)
+    rule_text = (
+        "'rule ' || x.rule_id || ', ' || COALESCE('group ' || x.customer_group, 'all customers') "
+        "|| COALESCE(', from ' || CAST(x.valid_from AS TEXT), '') "
+        "|| COALESCE(', to ' || CAST(x.valid_to AS TEXT), '') || ', ' "
+        f"|| CASE WHEN x.rule_price IS NULL THEN 'list ' || {_price('x.list_price', dialect)} "
+        f"ELSE 'price ' || {_price('x.rule_price', dialect)} END "
+        "|| CASE WHEN COALESCE(x.discount_pct, 0) <> 0 THEN ' less ' || "
+        f"{_plain('x.discount_pct', PCT_SCALE, dialect)} || {pct} ELSE '' END"
     )
-    return (
-        f"SELECT o.id AS order_id, {_agg(value, dialect)} AS value, "
-        f"'unit price differs from the list price by more than {spec.tolerance}' AS reason "
+    value = (
+        f"'line ' || CAST(x.line_no AS TEXT) || ' ' || x.sku || ' ' || "
+        f"{_price('x.unit_price', dialect)} || ' vs ' || "
+        f"CASE WHEN x.rule_id IS NULL THEN 'list ' || {_price('x.list_price', dialect)} "
+        f"ELSE {_price('x.applicable / 10000.0', dialect)} || ' (' || {rule_text} || ')' END"
+    )
+    # One row per (line, active rule), ranked in place: a line without a rule keeps its one
+    # row (r NULL). Why not a ranked subquery joined back to the lines: SQLite nest-loops a join
+    # onto a window subquery (batch x batch); ranking where the rows are made avoids any join.
+    lines = (
+        "SELECT o.id AS order_id, l.line_no, l.sku, l.unit_price, p.price AS list_price, "
+        "r.external_id AS rule_id, r.customer_group, r.valid_from, r.valid_to, "
+        f"r.price AS rule_price, r.discount_pct, {applicable} AS applicable, "
+        f"{tol_units} AS tol_units, {tol_text} || ' ' || COALESCE(o.currency, '') AS tol_text, "
+        "ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY "
+        "CASE WHEN r.customer_group IS NULL THEN 1 ELSE 0 END, "
+        "CASE WHEN r.valid_from IS NULL THEN 1 ELSE 0 END, r.valid_from DESC, r.id DESC"
+        ") AS rn "
         f"{_FROM_BATCH} "
         "JOIN order_lines l ON l.order_id = o.id "
-        "JOIN prices p ON p.sku = l.sku AND p.currency = o.currency "
-        f"WHERE ROUND(ABS(l.unit_price - p.price) * {10**PRICE_SCALE}) > {units} "
-        "GROUP BY o.id"
+        "LEFT JOIN customers c ON c.id = o.customer_id "
+        "LEFT JOIN prices p ON p.sku = l.sku AND p.currency = o.currency "
+        "LEFT JOIN price_rules r ON r.sku = l.sku AND r.currency = o.currency "
+        "AND (r.customer_group IS NULL OR r.customer_group = c.customer_group) "
+        "AND (r.valid_from IS NULL OR r.valid_from <= o.order_date) "
+        "AND (r.valid_to IS NULL OR o.order_date <= r.valid_to) "
+        # the price's presence is judged after ranking: the most specific rule decides
+        "WHERE l.unit_price IS NOT NULL AND l.sku IS NOT NULL"
+    )
+    return (
+        f"SELECT x.order_id, {_agg(value, dialect)} AS value, "
+        "'unit price differs from the applicable price by more than ' || MIN(x.tol_text) "
+        "AS reason "
+        f"FROM ({lines}) x "
+        "WHERE x.rn = 1 AND x.applicable IS NOT NULL "
+        f"AND ABS({_units('x.unit_price', PRICE_SCALE)} - x.applicable) > x.tol_units "
+        "GROUP BY x.order_id"
     )
 
 
@@ -282,7 +568,146 @@ def _required_fields(spec: CheckSpec, dialect: str) -> str:
     )
 
 
+def _address_complete(spec: CheckSpec, dialect: str) -> str:
+    items = [ADDRESS_FIELD_SQL[f] for f in spec.address_fields]
+    found = " || ".join(f"CASE WHEN {cond} THEN '; ' || {text} ELSE '' END"
+                        for cond, text in items)
+    return (
+        "SELECT x.order_id, SUBSTR(x.found, 3) AS value, "
+        "'address or customer contact incomplete' AS reason "
+        f"FROM (SELECT o.id AS order_id, {found} AS found "
+        f"{_FROM_BATCH} "
+        "LEFT JOIN customers c ON c.id = o.customer_id) x "
+        "WHERE x.found <> ''"
+    )
+
+
+def _stock_plausible(spec: CheckSpec, dialect: str) -> str:
+    """A line asking for more than the sku's on-hand stock over all warehouses x factor, or
+    more than max_qty. Lines qty_positive or sku_known fail are theirs, not this check's."""
+    factor_units = int(spec.factor.scaleb(PCT_SCALE))
+    qty = _units("l.qty", QTY_SCALE)
+    on_hand = _units("COALESCE(s.on_hand, 0)", QTY_SCALE)
+    over_stock = f"{qty} * {10**PCT_SCALE} > {on_hand} * {factor_units}"
+    factor_text = "" if spec.factor == 1 else f" x {_plain_decimal(spec.factor)}"
+    over_max, max_text = "0 = 1", "''"
+    if spec.max_qty is not None:
+        over_max = f"{qty} > {int(spec.max_qty.scaleb(QTY_SCALE))}"
+        max_text = f"'max {_plain_decimal(spec.max_qty)}'"
+    value = (
+        f"'line ' || CAST(l.line_no AS TEXT) || ' ' || l.sku || ' qty ' || "
+        f"{_plain('l.qty', QTY_SCALE, dialect)} || ' > ' || "
+        f"CASE WHEN {over_max} THEN {max_text} ELSE 'on hand ' || "
+        f"{_plain('COALESCE(s.on_hand, 0)', QTY_SCALE, dialect)} || '{factor_text}' END"
+    )
+    reason = f"quantity above the on-hand stock of all warehouses{factor_text}"
+    if spec.max_qty is not None:
+        reason += f" or above {_plain_decimal(spec.max_qty)}"
+    return (
+        f"SELECT o.id AS order_id, {_agg(value, dialect)} AS value, '{reason}' AS reason "
+        f"{_FROM_BATCH} "
+        "JOIN order_lines l ON l.order_id = o.id "
+        "JOIN products pr ON pr.sku = l.sku "
+        "LEFT JOIN (SELECT st.sku, SUM(st.on_hand) AS on_hand FROM stock st GROUP BY st.sku) s "
+        "ON s.sku = l.sku "
+        f"WHERE l.qty > 0 AND ({over_stock} OR {over_max}) "
+        "GROUP BY o.id"
+    )
+
+
+def _credit_limit(spec: CheckSpec, dialect: str) -> str:
+    """The customer's open exposure plus this order's total against customers.credit_limit.
+
+    Exposure, in the limit's currency (customers.currency; the order's when not set); each
+    item counted once (docs/checks.md):
+    - receivables: open ERP/CRM items (open_amount, else amount) by customer code, except those
+      mirroring one of our invoices (same invoice_no, or same order_ref and customer code);
+    - invoices: our invoices' outstanding from reconciliation (the invoiced amount until a
+      reconcile has run);
+    - uninvoiced: the customer's validated / backordered / allocated / pushed orders without an
+      invoice (and without an ERP receivable quoting their order number);
+    - batch: the customer's earlier orders (by ordered_at, id) of this very batch.
+    Skipped: no customer, no limit, no total, or the order in another currency than the limit.
+    """
+    inc = set(spec.include)
+    customers_in_batch = f"SELECT o3.customer_id FROM {_B} AS b3 JOIN orders o3 ON o3.id = b3.id"
+    parts: list[tuple[str, str]] = []  # (column, label)
+    joins: list[str] = []
+    if "receivables" in inc:
+        mirror = (" AND NOT EXISTS (SELECT 1 FROM invoices i3 WHERE i3.invoice_no = r.invoice_no "
+                  "OR (i3.order_ref = r.order_ref AND i3.customer_code = r.customer_code))"
+                  if "invoices" in inc else "")
+        joins.append(
+            "LEFT JOIN (SELECT r.customer_code, r.currency, "
+            "SUM(COALESCE(r.open_amount, r.amount)) AS amount FROM receivables r "
+            "WHERE COALESCE(r.open_amount, r.amount) > 0 "
+            f"AND r.customer_code IN (SELECT c3.code FROM customers c3 WHERE c3.id IN "
+            f"({customers_in_batch})){mirror} "
+            "GROUP BY r.customer_code, r.currency) ra "
+            "ON ra.customer_code = c.code AND ra.currency = w.currency")
+        parts.append(("COALESCE(ra.amount, 0)", "ERP receivables"))
+    if "invoices" in inc:
+        joins.append(
+            "LEFT JOIN (SELECT io.customer_id, i.currency, "
+            "SUM(COALESCE(rc.outstanding, i.amount)) AS amount FROM invoices i "
+            "JOIN orders io ON io.id = i.order_id "
+            "LEFT JOIN reconciliation rc ON rc.invoice_id = i.id "
+            f"WHERE io.customer_id IN ({customers_in_batch}) "
+            "GROUP BY io.customer_id, i.currency) ia "
+            "ON ia.customer_id = c.id AND ia.currency = w.currency")
+        parts.append(("COALESCE(ia.amount, 0)", "our invoices"))
+    if "uninvoiced" in inc:
+        states = ", ".join(f"'{s}'" for s in UNINVOICED_STATES)
+        quoted = (" AND NOT EXISTS (SELECT 1 FROM receivables r4 JOIN customers c4 "
+                  "ON c4.code = r4.customer_code WHERE c4.id = u.customer_id "
+                  "AND r4.order_ref = u.order_no)" if "receivables" in inc else "")
+        joins.append(
+            "LEFT JOIN (SELECT u.customer_id, u.currency, SUM(u.total) AS amount FROM orders u "
+            f"WHERE u.status IN ({states}) AND u.total IS NOT NULL "
+            f"AND u.customer_id IN ({customers_in_batch}) "
+            f"AND NOT EXISTS (SELECT 1 FROM invoices i4 WHERE i4.order_id = u.id){quoted} "
+            "GROUP BY u.customer_id, u.currency) ua "
+            "ON ua.customer_id = c.id AND ua.currency = w.currency")
+        parts.append(("COALESCE(ua.amount, 0)", "uninvoiced orders"))
+    # The batch's earlier orders come from a window over the batch itself, which drives the
+    # query (w): SQLite nest-loops a join onto a window subquery (batch x batch).
+    earlier = ("SUM(o.total) OVER (PARTITION BY o.customer_id, o.currency ORDER BY "
+               "CASE WHEN o.ordered_at IS NULL THEN 1 ELSE 0 END, o.ordered_at, o.id "
+               "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)" if "batch" in inc else "0")
+    if "batch" in inc:
+        parts.append(("COALESCE(w.earlier, 0)", "earlier orders in this batch"))
+    columns = "".join(f", {expr} AS p{n}" for n, (expr, _) in enumerate(parts))
+    open_total = " + ".join(f"x.p{n}" for n in range(len(parts))) or "0"
+    breakdown = " || ' + ' || ".join(
+        f"'{label} ' || {_money(f'x.p{n}', dialect)}" for n, (_, label) in enumerate(parts)
+    ) or "'nothing open'"
+    window = (
+        "SELECT o.id AS order_id, o.customer_id, o.total, o.currency, "
+        f"{earlier} AS earlier {_FROM_BATCH} WHERE o.customer_id IS NOT NULL"
+    )
+    inner = (
+        "SELECT w.order_id, w.total, w.currency, c.credit_limit" + columns + " "
+        f"FROM ({window}) w "
+        "JOIN customers c ON c.id = w.customer_id "
+        + " ".join(joins) + " "
+        "WHERE c.credit_limit IS NOT NULL AND w.total IS NOT NULL "
+        "AND w.currency = COALESCE(NULLIF(TRIM(c.currency), ''), w.currency)"
+    )
+    return (
+        "SELECT x.order_id, "
+        f"'open ' || {_money(f'({open_total})', dialect)} || ' + order ' || "
+        f"{_money('x.total', dialect)} || ' > limit ' || {_money('x.credit_limit', dialect)} "
+        "|| ' ' || x.currency AS value, "
+        f"'credit limit exceeded; open = ' || {breakdown} AS reason "
+        f"FROM ({inner}) x "
+        f"WHERE {_units(f'({open_total})', 2)} + {_units('x.total', 2)} "
+        f"> {_units('x.credit_limit', 2)}"
+    )
+
+
 def _not_duplicate(spec: CheckSpec, dialect: str) -> str:
+    if spec.key == "external_ids":
+        return _duplicate_by_ids(spec, dialect)
     # The later copy is the duplicate. Per duplicate key, orders are ranked: already gated first
     # (any state but captured - so a copy arriving after its twin was validated can never pass
     # too), then by ordered_at, then id; every batch order that is not first is a duplicate of
@@ -312,6 +737,48 @@ def _not_duplicate(spec: CheckSpec, dialect: str) -> str:
     )
 
 
+def _duplicate_by_ids(spec: CheckSpec, dialect: str) -> str:
+    """Orders of *another* source carrying one of this order's ids (``ids``: external_id and/or
+    order_no, compared across both columns: a marketplace order number may be one channel's
+    external id and another's order number). The earliest such order (gated first, then by
+    ordered_at, then id) is the original; the batch order is its duplicate."""
+    batch_ids = " UNION ALL ".join(
+        f"SELECT o.id AS order_id, o.source, o.ordered_at, "
+        f"CASE WHEN o.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, TRIM(o.{f}) AS xid "
+        f"{_FROM_BATCH} WHERE COALESCE(TRIM(o.{f}), '') <> ''"
+        for f in spec.ids
+    )
+    others = " UNION ALL ".join(
+        f"SELECT e.id AS order_id, e.source, e.ordered_at, "
+        "CASE WHEN e.status = 'captured' THEN 1 ELSE 0 END AS pending, "
+        f"CASE WHEN e.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, TRIM(e.{f}) AS xid "
+        "FROM orders e WHERE e.status <> 'rejected' "
+        f"AND COALESCE(TRIM(e.{f}), '') <> '' "
+        "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.order_id = e.id "
+        "AND q.check_id = 'not_duplicate' AND q.status IN ('open', 'rejected'))"
+        for f in spec.ids
+    )
+    # (pending, undated, ordered_at, id) of the other order sorts before the batch order's
+    # (1, undated, ordered_at, id): a batch order is captured, so pending is 1 for it.
+    earlier = (
+        "(oe.pending = 0 OR oe.undated < ob.undated OR (oe.undated = ob.undated AND "
+        "(oe.ordered_at < ob.ordered_at OR ((oe.ordered_at = ob.ordered_at OR oe.undated = 1) "
+        "AND oe.order_id < ob.order_id))))"
+    )
+    return (
+        "SELECT d.order_id, f.source || ' ' || COALESCE(f.order_no, f.external_id) AS value, "
+        "'external id ' || d.xid || ' also on an earlier order from another source' AS reason "
+        "FROM (SELECT ob.order_id, ob.xid, oe.order_id AS first_id, ROW_NUMBER() OVER ("
+        "PARTITION BY ob.order_id ORDER BY oe.pending, oe.undated, oe.ordered_at, oe.order_id"
+        ") AS rn "
+        f"FROM ({batch_ids}) ob JOIN ({others}) oe "
+        "ON oe.xid = ob.xid AND oe.source <> ob.source "
+        f"WHERE {earlier}) d "
+        "JOIN orders f ON f.id = d.first_id "
+        "WHERE d.rn = 1"
+    )
+
+
 _SQL: dict[str, Callable[[CheckSpec, str], str]] = {
     "customer_known": _customer_known,
     "price_matches_list": _price_matches_list,
@@ -320,17 +787,34 @@ _SQL: dict[str, Callable[[CheckSpec, str], str]] = {
     "currency_allowed": _currency_allowed,
     "required_fields": _required_fields,
     "not_duplicate": _not_duplicate,
+    "credit_limit": _credit_limit,
+    "stock_plausible": _stock_plausible,
+    "address_complete": _address_complete,
 }
 
-# check id -> its options and their parsers (the keys a check accepts besides id and severity)
-_OPTIONS: dict[str, dict[str, Callable[[Any], Any]]] = {
+# check id -> its YAML options and their parsers; each parser returns the spec fields it sets
+_OPTIONS: dict[str, dict[str, Callable[[Any], dict[str, Any]]]] = {
     "customer_known": {},
-    "price_matches_list": {"tolerance": _tolerance},
+    "price_matches_list": {"tolerance": _tolerances},
     "qty_positive": {},
     "sku_known": {},
-    "currency_allowed": {"allowed": _allowed},
-    "required_fields": {"fields": _fields},
-    "not_duplicate": {},
+    "currency_allowed": {"allowed": _as("allowed", _allowed)},
+    "required_fields": {"fields": _as("fields", _fields)},
+    "not_duplicate": {
+        "key": _as("key", lambda raw: _choice(raw, DUPLICATE_KEYS, "content")),
+        "ids": _as("ids", lambda raw: _names(raw, ID_FIELDS, ID_FIELDS, "id field")),
+    },
+    "credit_limit": {
+        "include": _as("include", lambda raw: _names(raw, CREDIT_ITEMS, CREDIT_ITEMS, "item")),
+    },
+    "stock_plausible": {
+        "factor": _as("factor", _factor),
+        "max_qty": _as("max_qty", _max_qty),
+    },
+    "address_complete": {
+        "fields": _as("address_fields",
+                      lambda raw: _names(raw, tuple(ADDRESS_FIELD_SQL), DEFAULT_ADDRESS, "field")),
+    },
 }
 
 CHECK_IDS = tuple(_SQL)

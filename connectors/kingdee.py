@@ -24,6 +24,11 @@ so an order is never split; the cursor moves only at a complete order. ``orders_
 out the sales orders orderhub itself saved (they carry ``F_OrderRef``); set it to "" on a site
 without that custom field.
 
+Price rules: the ``price_rules`` stream reads SAL_PriceList again with the customer group
+(FCustTypeId), the validity (FEffectiveDate, FExpiryDate) and the site's custom discount field
+F_DiscountRate; ``prices_filter`` / ``price_rules_filter`` split one form between the two
+streams where a site needs it (both empty by default: every row is both).
+
 The permission trap: a user without query permission on a form gets ``[]``, not an error. A full
 (cursor-less) read of a master stream (prices, stock) that returns no row at all raises
 EmptyResultError instead of reporting "0 rows, success".
@@ -31,12 +36,23 @@ EmptyResultError instead of reporting "0 rows, success".
 Errors inside HTTP 200: a query error is ``[[{"Result": {"ResponseStatus": ...}}]]`` (ApiError);
 a write reports ``Result.ResponseStatus`` with per-document ``Errors[].DIndex``.
 
-Push (``sales_order`` -> SAL_SaleOrder, ``invoice`` -> AR_receivable): BatchSave in chunks of
+Push (``sales_order`` -> SAL_SaleOrder, ``invoice`` -> AR_receivable, ``credit_note`` -> a red
+AR_receivable: negative quantities and amount, ``F_SrcInvoiceNo`` naming the invoice it
+reverses; invoice lines with a ``tax_rate`` send ``FEntryTaxRate`` (%) and the unit price as
+``FTaxPrice`` when prices include tax, else as ``FPrice``): BatchSave in chunks of
 ``batch_size``, then one Submit and one Audit call for the saved numbers; results per document by
 DIndex. FBillNo is our deterministic ``bill_no``, so: with ``recover`` the existing bills are
 looked up first (``FBillNo IN (...)``) and only the missing ones are saved; a "duplicate number"
 error on save means the bill exists, so it is looked up and reported ok with its Id. Bills found
 unsubmitted or unaudited are moved on to audited. A document is ok only once its bill is audited.
+
+Compensation (``orderhub rollback``, both operations): the bills are looked up by FBillNo, the
+audited ones (C) UnAudited, then every saved or unaudited one (A, D) Deleted, by number, in one
+call each per ``batch_size``. A bill the query does not find is confirmed gone with View (so
+the permission trap's ``[]`` never passes for "deleted") and then counts as done: a rerun after
+a crash. A submitted bill (B) is refused: its submission must be withdrawn in Kingdee.
+Kingdee refuses to UnAudit a bill with downstream documents (a delivery, a write-off): that
+error comes back as the document's failure, nothing is forced.
 """
 
 from __future__ import annotations
@@ -79,6 +95,7 @@ MAX_LIMIT = 10000
 LOOKUP_CHUNK = 100  # bill numbers per "FBillNo IN (...)" query
 MASTER_STREAMS = frozenset({"prices", "stock"})  # never legitimately empty on a full read
 DUPLICATE_HINTS = ("重复", "已经存在", "已存在", "duplicate", "already exist")
+GONE_HINTS = ("不存在", "已被删除", "not exist", "deleted")  # View of a bill that is no more
 SESSION_LOST_HINTS = ("会话信息已丢失", "重新登录", "session lost", "not logged in")
 
 
@@ -121,6 +138,35 @@ def map_price(row: dict) -> dict:
         "name": _text(row.get("FMaterialId.FName")),
         "currency": _text(row.get("FCurrencyId.FNumber")),
         "price": _required_decimal(row, "FPrice"),
+        "updated_at": _updated(row),
+    }
+
+
+
+def _day(row: dict, key: str) -> Any:
+    moment = parse_datetime(row.get(key), key)  # zone-less: UTC, like every Kingdee date
+    return moment.date() if moment else None
+
+
+def map_price_rule(row: dict) -> dict:
+    """SAL_PriceList entry -> canonical ``price_rules``: the price for a customer group
+    (FCustTypeId, empty: every customer) from FEffectiveDate to FExpiryDate (inclusive), less
+    the site's custom discount field F_DiscountRate (percent off)."""
+    valid_from, valid_to = _day(row, "FEffectiveDate"), _day(row, "FExpiryDate")
+    if valid_from and valid_to and valid_to < valid_from:
+        raise MappingError(f"FExpiryDate: {valid_to} is before FEffectiveDate {valid_from}")
+    discount = parse_decimal(row.get("F_DiscountRate"), "F_DiscountRate")
+    if discount is not None and not 0 <= discount <= 100:
+        raise MappingError(f"F_DiscountRate: {discount} is not a percentage from 0 to 100")
+    return {
+        "external_id": str(row["FEntryID"]),
+        "sku": _text(row.get("FMaterialId.FNumber")),
+        "currency": _text(row.get("FCurrencyId.FNumber")),
+        "customer_group": _text(row.get("FCustTypeId.FNumber")),
+        "valid_from": valid_from,
+        "valid_to": valid_to,
+        "price": parse_decimal(row.get("FPrice"), "FPrice"),
+        "discount_pct": discount,
         "updated_at": _updated(row),
     }
 
@@ -266,6 +312,20 @@ def sales_order_model(doc: dict, options: dict) -> dict:
     }
 
 
+def _receivable_entry(ln: dict, n: int, include_tax: Any) -> dict:
+    entry = {
+        "FMATERIALID": _number(ln.get("sku")),
+        "FPriceQty": parse_decimal(ln.get("qty"), f"lines[{n}].qty"),
+        "FTaxPrice": parse_decimal(ln.get("unit_price"), f"lines[{n}].unit_price"),
+    }
+    rate = parse_decimal(ln.get("tax_rate"), f"lines[{n}].tax_rate")
+    if rate is not None:  # a taxed line (0005c): Kingdee derives the other price from the rate
+        if not include_tax:
+            entry["FPrice"] = entry.pop("FTaxPrice")
+        entry["FEntryTaxRate"] = rate * 100
+    return entry
+
+
 def invoice_model(doc: dict, options: dict) -> dict:
     """outbox ``invoice`` doc -> AR_receivable Model."""
     return {
@@ -278,15 +338,22 @@ def invoice_model(doc: dict, options: dict) -> dict:
         "F_OrderRef": _text(doc.get("order_ref")),
         "F_InvoiceNo": _text(doc.get("invoice_no")),
         "FALLAMOUNTFOR": parse_decimal(doc.get("amount"), "amount"),
-        "FEntityDetail": [
-            {
-                "FMATERIALID": _number(ln.get("sku")),
-                "FPriceQty": parse_decimal(ln.get("qty"), f"lines[{n}].qty"),
-                "FTaxPrice": parse_decimal(ln.get("unit_price"), f"lines[{n}].unit_price"),
-            }
-            for n, ln in enumerate(doc.get("lines") or [], start=1)
-        ],
+        "FEntityDetail": [_receivable_entry(ln, n, doc.get("prices_include_tax"))
+                          for n, ln in enumerate(doc.get("lines") or [], start=1)],
     }
+
+
+def credit_note_model(doc: dict, options: dict) -> dict:
+    """outbox ``credit_note`` doc -> a red AR_receivable Model (negative qty and amount)."""
+    amount = parse_decimal(doc.get("amount"), "amount")
+    if amount is None or amount >= 0:
+        raise MappingError(f"amount: a credit note is negative, got {doc.get('amount')!r}")
+    original = _text(doc.get("invoice_no"))
+    if not original:
+        raise MappingError("invoice_no: the invoice a credit note reverses is missing")
+    model = invoice_model({**doc, "invoice_no": doc.get("credit_note_no")}, options)
+    model["F_SrcInvoiceNo"] = original
+    return model
 
 
 @dataclass(frozen=True)
@@ -298,6 +365,7 @@ class WriteTarget:
 WRITE_TARGETS = {
     "sales_order": WriteTarget("SAL_SaleOrder", sales_order_model),
     "invoice": WriteTarget("AR_receivable", invoice_model),
+    "credit_note": WriteTarget("AR_receivable", credit_note_model),
 }
 
 
@@ -361,17 +429,27 @@ def _query_stream(kind: str, form: str, fields: list[str], order: str, mapper: A
 
 class KingdeeConnector(Connector):
     system = "kingdee"
-    operations = {"sales_order", "invoice"}
+    operations = {"sales_order", "invoice", "credit_note"}
     default_options = {"page_size": 2000, "batch_size": 200, "lcid": 2052, "org": "100",
                        "sales_order_type": "XSDD01_SYS", "invoice_type": "YSD01_SYS",
-                       "orders_filter": "F_OrderRef=''"}
+                       "orders_filter": "F_OrderRef=''",
+                       # a site whose SAL_PriceList also holds group or promotion rows keeps
+                       # them out of the plain list price, e.g. "FCustTypeId.FNumber=''"
+                       "prices_filter": "", "price_rules_filter": ""}
 
     streams = {
         "prices": _query_stream(
             "prices", "SAL_PriceList",
             ["FEntryID", "FMaterialId.FNumber", "FMaterialId.FName", "FCurrencyId.FNumber",
              "FPrice", "FModifyDate"],
-            "FModifyDate ASC, FEntryID ASC", map_price, id_field="FEntryID"),
+            "FModifyDate ASC, FEntryID ASC", map_price, id_field="FEntryID",
+            filter_option="prices_filter"),
+        "price_rules": _query_stream(
+            "price_rules", "SAL_PriceList",
+            ["FEntryID", "FMaterialId.FNumber", "FCurrencyId.FNumber", "FCustTypeId.FNumber",
+             "FEffectiveDate", "FExpiryDate", "FPrice", "F_DiscountRate", "FModifyDate"],
+            "FModifyDate ASC, FEntryID ASC", map_price_rule, id_field="FEntryID",
+            filter_option="price_rules_filter"),
         "stock": _query_stream(
             "stock", "STK_Inventory",
             ["FID", "FMaterialId.FNumber", "FStockId.FNumber", "FStockId.F_Region", "FBaseQty",
@@ -587,6 +665,97 @@ class KingdeeConnector(Connector):
             for fid, number, status in rows:  # one row per entry line: same bill repeated
                 found[str(number)] = (str(fid), str(status))
         return found
+
+
+    # -- compensation (rollback): UnAudit, then Delete -----------------------------------------
+
+    def compensate(self, operation: str, docs: list[dict]) -> list[PushResult]:
+        target = WRITE_TARGETS.get(operation)
+        if target is None:
+            return super().compensate(operation, docs)  # "cannot compensate", nothing sent
+        size = max(1, int(self.options["batch_size"]))
+        results: list[PushResult] = []
+        for start in range(0, len(docs), size):
+            results += self._undo_batch(target.form, docs[start:start + size])
+        return results
+
+    def _undo_batch(self, form: str, docs: list[dict]) -> list[PushResult]:
+        keys = [str(doc.get("key")) for doc in docs]
+        numbers: dict[int, str] = {}
+        failed: dict[int, str] = {}
+        for i, doc in enumerate(docs):
+            try:
+                numbers[i] = _bill_no(doc)
+            except MappingError as err:
+                failed[i] = f"{self.name}: {err}"
+        unique = list(dict.fromkeys(numbers.values()))
+        try:
+            found = self.find_bills(form, unique)  # bill_no -> (FID, FDocumentStatus)
+            problems = {n: (f"{self.name}: {form} {n} is in status {found[n][1]} (submitted, "
+                            "not audited): withdraw the submission in Kingdee first")
+                        for n in unique if n in found and found[n][1] not in ("A", "C", "D")}
+            problems |= self._set_status("UnAudit", form,
+                                         [n for n in unique if n in found and found[n][1] == "C"])
+            deletable = [n for n in unique if n in found and n not in problems]
+            problems |= self._set_status("Delete", form, deletable)
+            # bill_no -> FID, for every bill gone now (or already gone: a rerun after a crash)
+            undone: dict[str, str | None] = {n: found[n][0] for n in deletable
+                                             if n not in problems}
+            for n in unique:
+                if n in found:
+                    continue
+                # The permission trap: a query answers [] without query permission, which must
+                # not pass for "deleted already". View tells a missing bill from a hidden one.
+                if self._gone(form, n):
+                    undone[n] = None
+                else:
+                    problems[n] = (f"{self.name}: {form} {n} exists but a query cannot see it "
+                                   "(query permission on the form?); nothing was undone")
+        except AuthError:
+            raise
+        except SourceError as err:  # this batch fails; what it did is found undone next time
+            return [PushResult(key, False, error=str(err)) for key in keys]
+        results = []
+        for i, key in enumerate(keys):
+            number = numbers.get(i)
+            if i in failed:
+                results.append(PushResult(key, False, error=failed[i]))
+            elif number in undone:
+                remote = undone[number] or docs[i].get("remote_id")
+                results.append(PushResult(key, True, remote_id=None if remote is None else str(remote)))
+            else:
+                error = problems.get(number) or f"{self.name}: {form} {number} was not undone"
+                results.append(PushResult(key, False, error=error))
+        return results
+
+    def _gone(self, form: str, number: str) -> bool:
+        """True when View says the bill does not exist; False when it exists."""
+        status = self._write("View", form, {"Number": number})
+        if status.get("IsSuccess", True):
+            return False
+        message = error_text(status.get("Errors"))
+        if any(hint in message.lower() for hint in GONE_HINTS):
+            return True
+        raise ApiError(self.name, f"View of {form} {number} failed: {message}")
+
+    def _set_status(self, op: str, form: str, numbers: list[str]) -> dict[str, str]:
+        """UnAudit or Delete these bills; -> bill_no: why it failed (only the failures)."""
+        if not numbers:
+            return {}
+        status = self._write(op, form, {"Numbers": numbers})
+        done = {numbers[i] for ok in status.get("SuccessEntitys") or []
+                if (i := _dindex(ok, len(numbers))) is not None}
+        problems: dict[str, str] = {}
+        for err in status.get("Errors") or []:
+            index = _dindex(err, len(numbers))
+            if index is not None:
+                problems[numbers[index]] = (f"{self.name}: {form} {numbers[index]}: {op} failed: "
+                                            f"{error_text([err])}")
+        for n in numbers:
+            if n not in done and n not in problems:
+                problems[n] = (f"{self.name}: {form} {n}: {op} got no result: "
+                               f"{error_text(status.get('Errors'))}")
+        return problems
 
 
 def check_login(resp: HttpResponse) -> None:

@@ -20,6 +20,8 @@ CONNECTORS: dict[str, str] = {
     "woocommerce": "connectors.woocommerce:WooCommerceConnector",
     "files": "connectors.files:FileDropConnector",
     "rest": "connectors.rest:DeclaredRestConnector",
+    "webhook": "connectors.notify:WebhookSink",  # notification sinks (push only)
+    "smtp": "connectors.notify:SmtpSink",
 }
 
 

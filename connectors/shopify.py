@@ -12,6 +12,10 @@ paging by the ``Link`` header's ``page_info``, which Shopify allows only with ``
 Fulfilment push: fulfil the order's open fulfillment orders in full. Shopify has no idempotency
 key for fulfilments, so exactly-once rests on the lookup: with ``recover`` (or when nothing is
 open any more, or on a 422 race) the order's existing fulfilment is returned instead of creating.
+
+Fulfilment compensation (``orderhub rollback``): ``POST fulfillments/{id}/cancel.json``, which
+reopens the fulfillment orders. The order's fulfilments are read first, so a fulfilment already
+cancelled counts as done (a rerun after a crash) and is not cancelled twice.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def map_order(o: dict) -> dict:
         "total": parse_decimal(o.get("total_price"), "total_price"),
         "ship_region": ship.get("province_code") or None,
         "lines": lines,
+        # optional canonical key (on_shipment invoicing): Shopify's null means nothing shipped
+        "fulfilment_status": str(o.get("fulfillment_status") or "unfulfilled").lower(),
     }
 
 
@@ -132,3 +138,26 @@ class ShopifyConnector(Connector):
                 return found
             raise
         return str(resp.data["fulfillment"]["id"])
+
+    # -- compensation: cancel the fulfilment -------------------------------------------------
+
+    def _fulfilment(self, order_id: str, fulfilment_id: object) -> dict:
+        data = self.http.get(self._api(f"orders/{order_id}/fulfillments.json")).data or {}
+        for f in data.get("fulfillments") or []:
+            if str(f.get("id")) == str(fulfilment_id):
+                return f
+        raise ApiError(self.name, f"order {order_id} has no fulfilment {fulfilment_id} to cancel")
+
+    def compensate_fulfilment(self, doc: dict) -> str:
+        order_id = str(doc["order_external_id"])
+        found = self._fulfilment(order_id, doc.get("remote_id"))
+        fid = str(found["id"])
+        if found.get("status") == "cancelled":
+            return fid  # undone already (a rerun after a crash)
+        try:
+            self.http.post(self._api(f"fulfillments/{fid}/cancel.json"), json={})
+        except ApiError as err:
+            # 422 after a retry: our first attempt cancelled it and its answer was lost
+            if err.status != 422 or self._fulfilment(order_id, fid).get("status") != "cancelled":
+                raise
+        return fid

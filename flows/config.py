@@ -41,6 +41,8 @@ class Settings:
     checks: list[dict[str, Any]]
     allocation_rules: list[dict[str, Any]]
     invoicing_policy: str
+    invoicing: Any
+    notifications: Any
     amount_tolerance: Decimal
     reconcile_rules: Any
     reports_dir: Path
@@ -130,11 +132,18 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
     if not isinstance(rules, list):
         raise _fail(path, "allocation.rules", "expected a list of rules")
 
-    invoicing = raw.get("invoicing") or {}
-    policy = invoicing.get("policy", "on_order")
-    if policy not in ("on_order",):
-        raise _fail(path, "invoicing.policy", f"{policy!r} is not supported (use on_order)")
+    from warehouse.invoicing import InvoicingConfig
+    from warehouse.notifications import NotificationsConfig
 
+    try:
+        invoicing_cfg = InvoicingConfig.from_config(raw.get("invoicing"))
+        invoicing_cfg.check_sources(checked_sources)
+        notifications_cfg = NotificationsConfig.from_config(raw.get("notifications"),
+                                                            checked_sources)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+    _check_ops_sections(path, raw)
     from warehouse.reconcile_rules import ReconcileRules
 
     try:
@@ -150,7 +159,9 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
         sources=checked_sources,
         checks=checks,
         allocation_rules=rules,
-        invoicing_policy=policy,
+        invoicing_policy=invoicing_cfg.policy,
+        invoicing=invoicing_cfg,
+        notifications=notifications_cfg,
         amount_tolerance=tolerance,
         reconcile_rules=reconcile_rules,
         reports_dir=root / paths.get("reports", "var/reports"),
@@ -198,6 +209,18 @@ def _check_source(path: Path, name: str, src: Any) -> dict[str, Any]:
             "options": dict(src.get("options") or {}), "rate_limit": rate,
             "lookback_seconds": int(src.get("lookback_seconds", 600)),
             "timeout": float(src.get("timeout", 30))}
+
+
+def _check_ops_sections(path: Path, raw: dict) -> None:
+    """ops (roles) and alerts are read by their own modules; check them at load time too."""
+    from flows.alerts import AlertsConfig
+    from warehouse.quarantine_ops import OpsConfig
+
+    try:
+        OpsConfig.from_config(raw)
+        AlertsConfig.from_config(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _check_connector_options(path: Path, key: str, name: str, system: str, options: dict,

@@ -21,13 +21,15 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
+from connectors.http import SourceError
+from flows import alerts
 from flows import ingest as ingest_mod
 from flows import push as push_mod
 from flows.config import Settings, load_settings
 from flows.console import progress
 from flows.lineage import LineageWriter, dataset
 from warehouse import allocate as allocate_mod
-from warehouse import exports, invoicing, load, metrics, outbox, runs
+from warehouse import exports, invoicing, load, metrics, notifications, outbox, runs
 from warehouse import reconcile as reconcile_mod
 from warehouse.engine import make_engine, migrate
 
@@ -83,7 +85,11 @@ def _wh(settings: Settings) -> str:
 
 @task(name="pull", cache_policy=NO_CACHE, task_run_name="pull {source}/{stream}")
 def pull_task(settings: Settings, engine: Engine, run_id: str, source: str, stream: str) -> dict:
-    return ingest_mod.pull_stream(settings, engine, run_id, source, stream)
+    try:
+        return ingest_mod.pull_stream(settings, engine, run_id, source, stream)
+    except SourceError as exc:
+        alerts.alert_source_unreachable(settings, engine, run_id, source, exc, stream)
+        raise
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -179,18 +185,37 @@ def push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[d
 def invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
     """Invoice pushed orders by the policy and send the receivables to the finance system."""
     with _stage(config_path, "invoice", run_id) as (settings, engine, rid, io):
-        created = invoicing.create_invoices(engine, rid, settings.invoicing_policy)
+        invoicing.apply_channel_returns(engine, rid)
+        created = invoicing.create_invoices(engine, rid, settings.invoicing)
         sent: dict[str, Any] = {"done": 0, "failed": 0}
+        credits = 0
         target = settings.target("invoice_target")
         if target:
-            enqueue_task(engine, rid, "invoice", target, None)
+            invoicing.enqueue_invoices(engine, rid, target)
             sent = drain_task(settings, engine, rid, target, "invoice")
         invoicing.complete_invoices(engine, rid)
+        credits = invoicing.create_credit_notes(engine, rid, settings.invoicing)
+        if target:
+            invoicing.enqueue_credit_notes(engine, rid, target)
+            drain_task(settings, engine, rid, target, "credit_note")
+        notified = _notify(settings, engine, rid)
         io["inputs"].append(dataset(_wh(settings), "orders"))
         io["outputs"] += [dataset(_wh(settings), "invoices", rows=created),
                           dataset(target or "none", "invoice", rows=sent["done"])]
-        progress("invoice: %s created, %s sent", f"{created:,}", f"{sent['done']:,}")
-        return {"created": created, "sent": sent["done"], "failed": sent["failed"]}
+        progress("invoice: %s created, %s sent, %s credit notes", f"{created:,}",
+                 f"{sent['done']:,}", f"{credits:,}")
+        return {"created": created, "sent": sent["done"], "failed": sent["failed"],
+                "credit_notes": credits, "notifications": notified}
+
+
+def _notify(settings: Settings, engine: Engine, rid: str) -> int:
+    """Customer progress notices (accepted, shipped, invoiced), each sent exactly once."""
+    n = settings.notifications
+    if not n.enabled:
+        return 0
+    notifications.enqueue_notifications(engine, rid, n.events, n.sink, since=n.since,
+                                        require_email=n.require_email)
+    return drain_task(settings, engine, rid, n.sink, "notification")["done"]
 
 
 @flow(name="reconcile")
@@ -201,6 +226,7 @@ def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> d
                   for source in settings.sources_with_role("payments")]
         result = reconcile_mod.reconcile(engine, rid, settings.amount_tolerance,
                                          settings.reconcile_rules)
+        alerts.alert_unmatched_payments(settings, engine, rid)
         files = exports.export_parquet(engine, settings.exports_dir)
         io["inputs"] += [dataset(s["source"], "payments") for s in pulled]
         io["inputs"].append(dataset(_wh(settings), "invoices"))

@@ -39,7 +39,7 @@ def drain(settings: Settings, engine: Engine, run_id: str, target: str, operatio
                 results += connector.push(operation, docs, recover=recover)
         done = [(by_key[r.key]["id"], r.remote_id) for r in results if r.ok]
         failed = [(by_key[r.key]["id"], r.error or "unknown error") for r in results if not r.ok]
-        outbox.mark_done(engine, done)
+        outbox.mark_done(engine, done, run_id=run_id)  # the run that confirmed it: rollback unit
         outbox.mark_failed(engine, failed)
         counts["done"] += len(done)
         counts["failed"] += len(failed)

@@ -49,6 +49,8 @@ FAKES: dict[str, tuple[str, str]] = {
     "woocommerce": ("sandbox.woocommerce", "WooCommerceFake"),
     "files": ("sandbox.files", "FileDropFake"),
     "rest": ("sandbox.rest", "RestFake"),
+    "webhook": ("sandbox.webhook", "WebhookFake"),
+    "smtp": ("sandbox.webhook", "SmtpFake"),
 }
 
 

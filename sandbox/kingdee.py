@@ -20,7 +20,8 @@ B (submitted) -> C (audited); UnAudit puts C back to D. Dates are Kingdee-style 
 a zone ("YYYY-MM-DDTHH:MM:SS", UTC here); numbers are JSON numbers.
 
 Tests read ``documents`` ({(form_id, bill_no): Bill}), ``creates`` (Counter of
-(operation, bill_no), operation "sales_order" or "invoice"), and may call ``expire_sessions()``.
+(operation, bill_no), operation "sales_order", "invoice" or "credit_note" — a red AR_receivable,
+negative FALLAMOUNTFOR), and may call ``expire_sessions()``.
 """
 
 from __future__ import annotations
@@ -264,6 +265,15 @@ class Bill:
     modified: str = field(default_factory=lambda: kd_time(datetime.now(UTC)) or "")
 
 
+def _create_op(form: str, model: dict) -> str:
+    """The create counter's operation: a red receivable (negative amount) is a credit note."""
+    try:
+        red = Decimal(str(model.get("FALLAMOUNTFOR"))) < 0
+    except (InvalidOperation, ValueError):
+        red = False
+    return "credit_note" if form == "AR_receivable" and red else WRITE_FORMS[form]
+
+
 def _ref_number(value: Any) -> Any:
     return value.get("FNumber") if isinstance(value, dict) else value
 
@@ -318,7 +328,9 @@ class KingdeeFake(FakeApp):
         self._customers = {c.get("code") for c in getattr(dataset, "customers", None) or []}
         self._skus = {p.get("sku") for p in getattr(dataset, "products", None) or []}
         self.static_rows: dict[str, list[dict]] = {
-            "SAL_PriceList": _price_rows(getattr(dataset, "products", None) or []),
+            # rule rows only when the dataset has them: the default data is unchanged
+            "SAL_PriceList": _price_rows(getattr(dataset, "products", None) or [])
+            + _price_rule_rows(getattr(dataset, "price_rules", None) or []),
             "STK_Inventory": _stock_rows(getattr(dataset, "stock", None) or [],
                                          getattr(dataset, "warehouses", None) or []),
             # only receipts: with Stripe listed, card payments live in the Stripe fake
@@ -332,7 +344,8 @@ class KingdeeFake(FakeApp):
         self.form_fields: dict[str, frozenset[str]] = {
             "SAL_PriceList": frozenset({"FID", "FNumber", "FEntryID", "FMaterialId.FNumber",
                                         "FMaterialId.FName", "FCurrencyId.FNumber", "FPrice",
-                                        "FModifyDate"}),
+                                        "FModifyDate", "FCustTypeId.FNumber", "FEffectiveDate",
+                                        "FExpiryDate", "F_DiscountRate"}),
             "STK_Inventory": frozenset({"FID", "FMaterialId.FNumber", "FStockId.FNumber",
                                         "FStockId.F_Region", "FBaseQty", "FModifyDate"}),
             "AR_RECEIVEBILL": frozenset({"FID", "FBillNo", "FDocumentStatus", "FDate",
@@ -466,7 +479,7 @@ class KingdeeFake(FakeApp):
             self._next_id[form] += 1
             self.documents[(form, bill.bill_no)] = bill
             self._taken.add((form, bill.bill_no))
-            self.creates[(WRITE_FORMS[form], bill.bill_no)] += 1
+            self.creates[(_create_op(form, m), bill.bill_no)] += 1
             successes.append({"Id": bill.fid, "Number": bill.bill_no, "DIndex": index})
         one = successes[0] if (not batch and successes) else None
         return {"Result": {"ResponseStatus": response_status(errors, successes),
@@ -595,6 +608,23 @@ def _price_rows(products: list[dict]) -> list[dict]:
                          "FPrice": _number(p["prices"][currency]),
                          "FModifyDate": _kd_time_or_raw(p.get("updated_at"))})
     return rows
+
+
+def _price_rule_rows(rules: list[dict]) -> list[dict]:
+    """Neutral price rules ({external_id?, sku, currency, customer_group, valid_from, valid_to,
+    price, discount_pct, updated_at}) as SAL_PriceList rows of their own price lists: a
+    customer type (FCustTypeId, "" for every customer), validity dates and the site's custom
+    discount field F_DiscountRate. Entry ids start after the list-price entries'."""
+    return [{"FID": 9001 + i, "FNumber": f"XSJMB-R{i + 1:03d}",
+             "FEntryID": _fid(r.get("external_id"), i, 500001),
+             "FMaterialId.FNumber": r.get("sku"), "FMaterialId.FName": None,
+             "FCurrencyId.FNumber": r.get("currency"),
+             "FCustTypeId.FNumber": r.get("customer_group") or "",
+             "FEffectiveDate": _kd_time_or_raw(r.get("valid_from")),
+             "FExpiryDate": _kd_time_or_raw(r.get("valid_to")),
+             "FPrice": _number(r.get("price")), "F_DiscountRate": _number(r.get("discount_pct")),
+             "FModifyDate": _kd_time_or_raw(r.get("updated_at"))}
+            for i, r in enumerate(rules)]
 
 
 def _stock_rows(stock: list[dict], warehouses: list[dict]) -> list[dict]:

@@ -19,6 +19,9 @@ What it reproduces (docs: Shopify Admin REST 2024-10, see shared/reference/sourc
   ``line_items_by_fulfillment_order`` -> 201, closes the fulfillment orders; posting for a
   closed one -> 422 ``{"errors": [...]}``; ``GET orders/{id}/fulfillments.json`` lists them.
   Every create counts in ``app.creates[("fulfilment", str(order_id))]``.
+- Fulfilment cancel: ``POST fulfillments/{id}/cancel.json`` -> 200, the fulfilment's status
+  becomes "cancelled" and its order's fulfillment orders open again; cancelling a cancelled
+  one -> 422. Every cancel counts in ``app.cancels[("fulfilment", str(order_id))]``.
 
 Deliberate simplifications: all orders are "open" (status=any/open return them, closed/cancelled
 return none); a fulfilment does not change the order's ``updated_at`` or payload (real Shopify
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import math
 import time
@@ -156,6 +160,7 @@ class ShopifyFake(FakeApp):
         self.fulfillments: dict[Any, list[dict]] = {}   # order id -> fulfilments
         self._next_fo_id = 9_100_000_001
         self._next_fulfillment_id = 7_100_000_001
+        self.cancels: collections.Counter[tuple[str, str]] = collections.Counter()
 
         v = r"/admin/api/(?P<version>\d{4}-\d{2})"
         self.route("GET", v + r"/orders\.json", self.list_orders)
@@ -164,6 +169,7 @@ class ShopifyFake(FakeApp):
                    self.list_fulfillment_orders)
         self.route("GET", v + r"/orders/(?P<id>\d+)/fulfillments\.json", self.list_fulfillments)
         self.route("POST", v + r"/fulfillments\.json", self.create_fulfillment)
+        self.route("POST", v + r"/fulfillments/(?P<id>\d+)/cancel\.json", self.cancel_fulfillment)
 
     # -- sandbox wiring --------------------------------------------------------------------------
 
@@ -380,6 +386,19 @@ class ShopifyFake(FakeApp):
             fo["status"] = "closed"
         self.creates[("fulfilment", str(order_id))] += 1
         return Response(201, {"fulfillment": fulfillment})
+
+    def cancel_fulfillment(self, req: Request) -> Response:
+        fid = int(req.path_params["id"])
+        found = next((f for fs in self.fulfillments.values() for f in fs if f["id"] == fid), None)
+        if found is None:
+            return Response(404, {"errors": "Not Found"})
+        if found["status"] == "cancelled":
+            return Response(422, {"errors": [f"Fulfillment {fid} is already cancelled."]})
+        found["status"] = "cancelled"
+        for fo in self._fos(found["order_id"]):
+            fo["status"] = "open"  # the goods can be fulfilled again
+        self.cancels[("fulfilment", str(found["order_id"]))] += 1
+        return Response(200, {"fulfillment": found})
 
 
 # -- page_info tokens: opaque base64 of the filters, direction and position ---------------------

@@ -214,14 +214,32 @@ def test_load_suite_names_the_check_and_key(items, message: str) -> None:
     assert "\n" not in text
 
 
-def test_every_check_query_joins_the_batch_the_same_way() -> None:
+ALL_VARIANTS = SUITE + [
+    {"id": "credit_limit"},
+    {"id": "stock_plausible", "factor": "1.5", "max_qty": "100"},
+    {"id": "address_complete",
+     "fields": ["ship_region", "region_known", "customer_code", "customer_email", "contact"]},
+]
+
+
+@pytest.mark.parametrize("variant", [
+    {},
+    {"price_matches_list": {"tolerance": {"CNY": "0.05", "default": "0.01"}},
+     "not_duplicate": {"key": "external_ids"},
+     "credit_limit": {"include": ["receivables"]}},
+])
+def test_every_check_query_joins_the_batch_the_same_way(variant: dict) -> None:
     # GE substitutes {batch} differently for queries without a JOIN; ours all have one.
-    for spec in load_suite(SUITE):
+    items = [{**c, **variant.get(c["id"], {})} for c in ALL_VARIANTS]
+    specs = load_suite(items)
+    assert {x.id for x in specs} == set(suite_mod.CHECK_IDS)
+    for spec in specs:
         for dialect in ("sqlite", "postgresql"):
             sql = spec.sql(dialect)
             assert "FROM {batch} AS b JOIN orders o ON o.id = b.id" in sql
             assert sql.count("{") == sql.count("{batch} AS b") >= 1  # always aliased by us
-            assert "%" not in sql and ":" not in sql  # psycopg / SQLAlchemy bind syntax
+            assert ":" not in sql  # SQLAlchemy bind syntax
+        assert "%" not in spec.sql("postgresql")  # psycopg's parameter marker
 
 
 @pytest.mark.parametrize("module", ["checks.suite", "checks.gate", "checks.report"])
@@ -247,7 +265,7 @@ def test_gate_quarantines_exactly_the_failing_orders(wh: Engine, tmp_path: Path)
     assert result.evaluated == len(EXPECTED)
     assert (result.quarantined, result.validated) == (8, 2)
     counts = {c.check_id: (c.evaluated, c.failed, c.success, c.error) for c in result.checks}
-    want = {c: sum(c in v for v in EXPECTED.values()) for c in suite_mod.CHECK_IDS}
+    want = {c["id"]: sum(c["id"] in v for v in EXPECTED.values()) for c in SUITE}
     assert counts == {c: (10, n, n == 0, None) for c, n in want.items()}
     assert result.as_table()[0] == {"check": "customer_known", "severity": "error",
                                     "evaluated": 10, "failed": 1, "success": False, "error": ""}

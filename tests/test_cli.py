@@ -69,9 +69,11 @@ def test_unreachable_source_is_one_line_naming_source_and_url(tmp_path):
     out = _run("run", "ingest", "--config", str(cfg),
                env={"SHOPIFY_TOKEN": "shpat_do_not_print"})
     assert out.returncode == 1
-    err = out.stderr.strip().splitlines()
-    assert len(err) == 1, out.stderr
-    assert "shopify" in err[0] and "127.0.0.1:9" in err[0]
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("orderhub: error:")]
+    assert len(errors) == 1, out.stderr
+    assert "shopify" in errors[0] and "127.0.0.1:9" in errors[0]
+    assert "alert source_unreachable" in out.stderr  # the alert fired too
     assert "shpat_do_not_print" not in out.stderr + out.stdout
 
 

@@ -378,5 +378,5 @@ def test_registry_and_sandbox_config(server: FakeServer, app: KingdeeFake) -> No
     conn = build_connector("erp", {"system": "kingdee", "base_url": server.url + app.base_path,
                                    "auth": app.credentials(), "options": app.options()})
     assert isinstance(conn, KingdeeConnector)
-    assert set(conn.streams) == {"prices", "stock", "payments", "orders"}
+    assert set(conn.streams) == {"prices", "price_rules", "stock", "payments", "orders"}
     assert conn.http.url_for(QUERY_PATH).startswith(server.url + "/k3cloud/Kingdee.BOS.")

@@ -285,6 +285,7 @@ def test_map_order_to_canonical(shop: tuple[ShopifyFake, FakeServer]) -> None:
         "currency": "USD",
         "total": Decimal("23.25"),
         "ship_region": "east",
+        "fulfilment_status": "unfulfilled",  # Shopify's null: nothing shipped yet
         "lines": [
             {"line_no": 1, "sku": "SKU-00001", "qty": Decimal("2"), "unit_price": Decimal("9.50")},
             {"line_no": 2, "sku": "SKU-00002", "qty": Decimal("1"), "unit_price": Decimal("4.25")},

@@ -64,11 +64,25 @@ def test_create_invoices_for_pushed_orders_once(engine, orders):
     assert _invoices(engine) == inv
 
 
-def test_only_on_order_policy_is_supported(engine):
+def test_an_unknown_policy_is_refused_naming_the_key(engine):
     with pytest.raises(InvoicingPolicyError,
-                       match=r"invoicing.policy: 'on_shipment' is not supported yet "
-                             r"\(supported: on_order\)"):
-        create_invoices(engine, RUN, "on_shipment")
+                       match=r"^invoicing.policy: 'on_delivery' is not one of on_order, "
+                             r"on_shipment$"):
+        create_invoices(engine, RUN, "on_delivery")
+
+
+def test_without_tax_rules_or_companies_an_invoice_is_its_lines_untaxed(engine, orders):
+    """`{policy: on_order}` alone: the number, amount and key an invoice always had."""
+    create_invoices(engine, RUN)
+    shop = _invoices(engine)[orders["shop"]]
+    assert (shop.company, shop.net_amount, shop.tax_amount, shop.policy, shop.prices_include_tax,
+            shop.reason) == (None, D("39.90"), D("0.00"), "on_order", False,
+                             "on_order (source shopify): all pushes confirmed")
+    with engine.connect() as conn:
+        lines = [(r.line_no, r.sku, r.net_amount, r.tax_rate, r.tax_amount, r.amount, r.tax_rule)
+                 for r in conn.execute(select(s.invoice_lines)
+                                       .where(s.invoice_lines.c.invoice_id == shop.id))]
+    assert lines == [(1, "SKU-A", D("39.90"), D("0"), D("0.00"), D("39.90"), "default")]
 
 
 def test_an_invoice_number_clash_is_reported_not_silent(engine, caplog):

@@ -1,144 +1,219 @@
 """Allocation: reserve stock for validated (and backordered) orders by the declared rules.
 
-Orders are served in priority order (ordered_at, id), and each line takes stock the earlier
-lines left, so this is the one stage that genuinely needs sequence. It still costs a fixed
-number of statements whatever the volume: one query for the work (orders, lines, current
-allocations), one for the stock, the pure rules (``allocation_rules.choose``) over plain tuples,
-then bulk writes (COPY on PostgreSQL, executemany on SQLite) and set-based transitions, all in
-ONE transaction.
+Orders are served in the declared priority order (``allocation.priority``; ties by ordered_at,
+then id), and each line takes the stock the earlier lines left, so this is the one stage that
+genuinely needs sequence. It still costs a fixed number of statements whatever the volume: one
+query for the work (orders, lines, their allocation rows), one for the stock, the pure rules
+(``allocation_rules.plan_orders``, ``owners.assign_owners``) over plain values, then bulk writes
+(COPY on PostgreSQL, executemany on SQLite) and set-based transitions, all in ONE transaction.
 
-- An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of
-  it is written (it stays where it was, counted as ``unallocated``).
-- A backordered line is re-evaluated on every run: when stock has arrived its allocation row
-  becomes ``allocated`` in place (one allocation row per line), and once every line is
-  allocated the order moves ``backordered -> allocated``. Lines already allocated are never
-  touched again, so a rerun with unchanged stock writes nothing.
+- An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
+  is written (it stays where it was, counted as ``unallocated``).
+- A line's rows: one per warehouse it takes from (``allocated``) plus at most one
+  ``backordered`` row for what waits. Every run re-decides only the waiting quantity, so stock
+  already reserved is never reserved twice: the backordered row becomes ``allocated`` in place
+  (or shrinks to what still waits), and a quantity placed in a warehouse the line already holds
+  is added to that row, whose ``rule_inputs.earlier`` keeps the earlier decisions. Once no line
+  waits the order moves ``backordered -> allocated``. A rerun with unchanged stock writes nothing.
 - On PostgreSQL the orders taken are locked with SKIP LOCKED (a concurrent allocator takes
-  others) and the stock rows with FOR UPDATE (in sku order: no deadlock), so two allocators
-  never reserve the same units. On SQLite the transaction holds the write lock from the start.
+  others), the stock rows with FOR UPDATE (in sku order: no deadlock) and the owner counters
+  FOR UPDATE, so two allocators never reserve the same units nor hand out the same turn. On
+  SQLite the transaction holds the write lock from the start.
+
+``dry_run`` replays the open orders under two configurations without writing anything.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
 
-from warehouse.allocation_rules import Decision, LineNeed, Rule, choose, validate_rules
-from warehouse.engine import begin_write
-from warehouse.load import _bulk_insert as bulk_insert  # lead: worth a public home in engine.py
+from warehouse.allocation_rules import (
+    AllocationConfig,
+    Decision,
+    LineIn,
+    OrderIn,
+    OrderPlan,
+    Steps,
+    plan_orders,
+    steps_label,
+)
+from warehouse.engine import begin_write, bulk_insert, in_values
 from warehouse.orders import transition
+from warehouse.owners import (
+    OwnerNeed,
+    OwnersConfig,
+    assign_owners,
+    lock_counters,
+    read_counters,
+    teams_needed,
+    write_owners,
+)
 from warehouse.schema import allocations, customers, order_lines, orders, stock, warehouses
 
 TAKES = ("validated", "backordered")
+# A dry run also replays what is allocated but not yet pushed: that is where new rules would
+# still change something.
+REPLAYS = ("validated", "backordered", "allocated")
+PLACED = ("allocated", "backordered")
 
 
 @dataclass
-class _Line:
-    line_id: int
+class _Row:
+    """One existing allocations row."""
+
+    id: int
+    warehouse: str | None
+    qty: Decimal
+    rule_id: str
+    run_id: str
+
+
+@dataclass
+class _Held:
+    """A line's existing rows: allocated ones by warehouse, and what waits."""
+
     sku: str | None
-    qty: Decimal | None
-    state: str | None = None  # None (new), "backordered" or "allocated"
-    allocation_id: int | None = None
+    allocated: dict[str, _Row] = field(default_factory=dict)
+    backordered: _Row | None = None
 
 
 @dataclass
-class _Order:
-    order_id: int
-    status: str
-    ship_region: str | None
-    customer_region: str | None
-    lines: list[_Line] = field(default_factory=list)
-
-
-@dataclass
-class _Plan:
+class _Writes:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+    merges: list[tuple[_Row, Decision, Decimal]] = field(default_factory=list)  # (row, step, added)
     reserve: Counter[tuple[str, str]] = field(default_factory=Counter)
     to_allocated: list[int] = field(default_factory=list)
     to_backordered: list[int] = field(default_factory=list)
     lines_by_rule: Counter[str] = field(default_factory=Counter)
     skipped: int = 0
     unallocated: int = 0
+    owners_assigned: int = 0
 
 
-def allocate(engine: Engine, run_id: str, rules: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def allocate(
+    engine: Engine,
+    run_id: str,
+    config: AllocationConfig | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
     """Allocate validated and backordered orders; return the counts of this run.
 
+    ``config``: orderhub.yaml's whole ``allocation`` mapping (rules, priority, owners), an
+    ``AllocationConfig``, or a bare rules list (no priority, no owners).
+
     {allocated: orders that became allocated, backordered: orders that became backordered,
-     lines_by_rule: {rule id: allocation rows written}, skipped: orders with a line lacking a
-     sku or a positive qty, unallocated: orders no rule could place}
+     lines_by_rule: {rule id: lines it decided in this run}, skipped: orders with a line lacking
+     a sku or a positive qty, unallocated: orders no rule could place, owners_assigned: orders
+     that got their owner}
     """
-    parsed = validate_rules(rules)  # a config error surfaces before any lock is taken
+    cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
+    writes = _Writes()
     with begin_write(engine) as conn:
-        work = _fetch_work(conn)
+        work, held = _fetch_work(conn, TAKES, lock=True)
         if not work:
-            return _counts(_Plan())
-        available, regions = _fetch_stock(conn)
-        plan = _plan(work, available, regions, parsed, run_id)
-        _write(conn, plan, run_id)
-    return _counts(plan)
+            return _counts(writes)
+        available, regions = _fetch_stock(conn, TAKES, lock=True)
+        plans = plan_orders(work, available, regions, cfg)
+        for plan in plans:
+            _plan_writes(writes, plan, held, run_id)
+        _resolve_merges(conn, writes, run_id)
+        _write(conn, writes, run_id)
+        if cfg.owners is not None:
+            writes.owners_assigned = _assign_owners(conn, plans, cfg.owners, run_id)
+    return _counts(writes)
 
 
-def _counts(plan: _Plan) -> dict[str, Any]:
+def _counts(w: _Writes) -> dict[str, Any]:
     return {
-        "allocated": len(plan.to_allocated),
-        "backordered": len(plan.to_backordered),
-        "lines_by_rule": dict(sorted(plan.lines_by_rule.items())),
-        "skipped": plan.skipped,
-        "unallocated": plan.unallocated,
+        "allocated": len(w.to_allocated),
+        "backordered": len(w.to_backordered),
+        "lines_by_rule": dict(sorted(w.lines_by_rule.items())),
+        "skipped": w.skipped,
+        "unallocated": w.unallocated,
+        "owners_assigned": w.owners_assigned,
     }
 
 
-def _fetch_work(conn: Connection) -> list[_Order]:
-    """Every order to look at, in priority order, with its lines and their allocation state."""
+# --- read ---------------------------------------------------------------------------------------
+
+
+def _fetch_work(
+    conn: Connection, statuses: Sequence[str], lock: bool
+) -> tuple[list[OrderIn], dict[int, _Held]]:
+    """The orders in ``statuses`` with their lines and allocation rows (order id order: the
+    rules sort by priority themselves). Two queries: the orders (taking the locks), then their
+    lines, so the order columns are not repeated on every line row."""
     q = (
-        select(
-            orders.c.id, orders.c.status, orders.c.ship_region, customers.c.region,
-            order_lines.c.id, order_lines.c.sku, order_lines.c.qty,
-            allocations.c.id, allocations.c.status,
-        )
-        .select_from(orders)
+        select(orders.c.id, orders.c.status, orders.c.order_no, orders.c.source,
+               orders.c.ordered_at, orders.c.ship_region, orders.c.owner, orders.c.team,
+               customers.c.region, customers.c.customer_group)
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
-        .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
-        .outerjoin(allocations, allocations.c.order_line_id == order_lines.c.id)
-        .where(orders.c.status.in_(TAKES))
-        # explicit NULLS LAST: SQLite and PostgreSQL disagree on the default
-        .order_by(orders.c.ordered_at.asc().nulls_last(), orders.c.id, order_lines.c.line_no,
-                  allocations.c.id)
-        .with_for_update(of=orders, skip_locked=True)
+        .where(orders.c.status.in_(statuses))
+        .order_by(orders.c.id)
     )
-    work: list[_Order] = []
-    line: _Line | None = None
-    for oid, status, ship_region, cust_region, lid, sku, qty, aid, astatus in conn.execute(q):
-        if not work or work[-1].order_id != oid:
-            work.append(_Order(oid, status, ship_region, cust_region))
-            line = None
-        if lid is None:
-            continue  # an order without lines: caught as skipped in _plan
-        if line is None or line.line_id != lid:
-            line = _Line(lid, sku, qty)
-            work[-1].lines.append(line)
-        # a line with an allocated row is done; a backordered row is the one to re-evaluate
-        if astatus == "allocated" or (astatus == "backordered" and line.state is None):
-            line.state, line.allocation_id = astatus, aid
-    return work
+    if lock:
+        q = q.with_for_update(of=orders, skip_locked=True)
+    heads = {row[0]: row for row in conn.execute(q)}
+    lines_q = (
+        select(order_lines.c.order_id, order_lines.c.id, order_lines.c.line_no, order_lines.c.sku,
+               order_lines.c.qty, allocations.c.id, allocations.c.warehouse, allocations.c.qty,
+               allocations.c.status, allocations.c.rule_id, allocations.c.run_id)
+        .join(orders, orders.c.id == order_lines.c.order_id)
+        .outerjoin(allocations, allocations.c.order_line_id == order_lines.c.id)
+        .where(orders.c.status.in_(statuses))
+        .order_by(order_lines.c.order_id, order_lines.c.line_no, allocations.c.id)
+    )
+    lines: dict[int, list[tuple[int, int, str | None, Decimal | None]]] = {oid: [] for oid in heads}
+    held: dict[int, _Held] = {}
+    for oid, lid, line_no, sku, qty, aid, wh, aqty, astatus, rule_id, arun in conn.execute(lines_q):
+        if oid not in heads:
+            continue  # another allocator holds it (SKIP LOCKED), or it moved on meanwhile
+        h = held.get(lid)
+        if h is None:
+            h = held[lid] = _Held(sku)
+            lines[oid].append((lid, line_no, sku, qty))
+        if aid is None:
+            continue
+        row = _Row(aid, wh, aqty, rule_id, arun)  # rule_inputs: read only when merging
+        if astatus == "allocated" and wh is not None:
+            h.allocated[wh] = row
+        elif astatus == "backordered":
+            h.backordered = row
+    work = []
+    for oid, (_, status, order_no, source, ordered_at, ship, owner, team, cust_region,
+              group) in heads.items():
+        work.append(OrderIn(
+            oid, status,
+            tuple(LineIn(lid, line_no, sku, qty, _waiting(held[lid], qty))
+                  for lid, line_no, sku, qty in lines[oid]),
+            ordered_at=ordered_at, ship_region=ship, customer_region=cust_region,
+            customer_group=group, source=source, order_no=order_no, owner=owner, team=team))
+    return work, held
+
+
+def _waiting(h: _Held, qty: Decimal | None) -> Decimal | None:
+    """What the line still needs placed: its backordered row, or all of it if it has no row."""
+    if h.backordered is not None:
+        return h.backordered.qty
+    return None if h.allocated else qty
 
 
 def _fetch_stock(
-    conn: Connection,
+    conn: Connection, statuses: Sequence[str], lock: bool
 ) -> tuple[dict[str, dict[str, Decimal]], dict[str, str | None]]:
     """Available stock (on_hand - reserved) per sku and warehouse, for the skus in play."""
     wanted = (
         select(order_lines.c.sku)
         .join(orders, orders.c.id == order_lines.c.order_id)
-        .where(orders.c.status.in_(TAKES))
+        .where(orders.c.status.in_(statuses))
     )
     q = (
         select(stock.c.sku, stock.c.warehouse, stock.c.on_hand, stock.c.reserved,
@@ -146,119 +221,293 @@ def _fetch_stock(
         .outerjoin(warehouses, warehouses.c.code == stock.c.warehouse)
         .where(stock.c.sku.in_(wanted))
         .order_by(stock.c.sku, stock.c.warehouse)  # one lock order for every allocator
-        .with_for_update(of=stock)
     )
-    available: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    if lock:
+        q = q.with_for_update(of=stock)
+    available: dict[str, dict[str, Decimal]] = {}
     regions: dict[str, str | None] = {}
     for sku, wh, on_hand, reserved, region in conn.execute(q):
         # subtract in Python: Decimal exact on SQLite too (its Numeric is a REAL underneath)
-        available[sku][wh] = on_hand - (reserved or 0)
+        available.setdefault(sku, {})[wh] = on_hand - (reserved or 0)
         regions[wh] = region
     return available, regions
 
 
-def _plan(
-    work: Iterable[_Order],
-    available: dict[str, dict[str, Decimal]],
-    regions: dict[str, str | None],
-    rules: Sequence[Rule],
-    run_id: str,
-) -> _Plan:
-    plan = _Plan()
-    for order in work:
-        if not order.lines or any(
-            ln.sku is None or ln.qty is None or ln.qty <= 0 for ln in order.lines
-        ):
-            plan.skipped += 1  # checks should never let this through: count it, touch nothing
-            continue
-        taken: Counter[tuple[str, str]] = Counter()
-        decided: list[tuple[_Line, Decision]] = []
-        for ln in order.lines:
-            if ln.state == "allocated":
-                continue
-            sku, qty = ln.sku, ln.qty
-            assert sku is not None and qty is not None  # checked above; for the type checker
-            left = {w: q - taken[(sku, w)] for w, q in available.get(sku, {}).items()}
-            need = LineNeed(sku, qty, order.ship_region, order.customer_region)
-            decision = choose(need, left, regions, rules)
-            if decision is None:
-                break
-            if decision.warehouse is not None:
-                taken[(sku, decision.warehouse)] += qty
-            decided.append((ln, decision))
-        else:
-            _commit_order(plan, order, decided, taken, available, run_id)
-            continue
-        plan.unallocated += 1  # no rule could place a line: the order is left as it was
-    return plan
+# --- decisions -> rows --------------------------------------------------------------------------
 
 
-def _commit_order(
-    plan: _Plan,
-    order: _Order,
-    decided: list[tuple[_Line, Decision]],
-    taken: Counter[tuple[str, str]],
-    available: dict[str, dict[str, Decimal]],
-    run_id: str,
-) -> None:
-    """Turn one order's decisions into planned writes and take its stock for later orders."""
-    for (sku, wh), qty in taken.items():
-        available[sku][wh] -= qty
-        plan.reserve[(sku, wh)] += qty
-    backordered = False
-    for ln, d in decided:
-        if d.warehouse is None:
-            backordered = True
-            if ln.state == "backordered":
-                continue  # still no stock: the existing backorder row says so already
-            plan.inserts.append(_row(ln, d, "backordered", run_id))
-        elif ln.state == "backordered":
-            # stock arrived: the line's one allocation row becomes allocated in place
-            plan.updates.append({"b_id": ln.allocation_id, **_values(d, "allocated", run_id)})
-        else:
-            plan.inserts.append(_row(ln, d, "allocated", run_id))
-        plan.lines_by_rule[d.rule_id] += 1
-    if not backordered:
-        plan.to_allocated.append(order.order_id)
-    elif order.status == "validated":
-        plan.to_backordered.append(order.order_id)
+def _plan_writes(w: _Writes, plan: OrderPlan, held: dict[int, _Held], run_id: str) -> None:
+    """Turn one order's decisions into row writes against the line's existing rows."""
+    order = plan.order
+    if plan.outcome == "skipped":
+        w.skipped += 1
+        return
+    if plan.outcome == "unallocated":
+        w.unallocated += 1
+        return
+    for ln, steps in plan.decisions:
+        h = held.get(ln.line_id) or _Held(ln.sku)
+        bo = h.backordered
+        if (len(steps) == 1 and not steps[0].allocated and bo is not None
+                and bo.qty == steps[0].waiting):
+            continue  # still no stock: the existing backorder row says so already
+        # the backorder row keeps what still waits; if nothing does, it becomes an allocation
+        free = None if any(d.backordered for d in steps) else bo
+        for d in steps:
+            w.lines_by_rule[d.rule_id] += 1
+            for p in d.allocated:
+                assert p.warehouse is not None and ln.sku is not None
+                w.reserve[(ln.sku, p.warehouse)] += p.qty
+                old = h.allocated.get(p.warehouse)
+                if old is not None:
+                    # one row per (line, warehouse, status): add to it, keeping the earlier why
+                    w.merges.append((old, d, p.qty))
+                elif free is not None:
+                    w.updates.append(_update(free, "allocated", p.warehouse, p.qty, d, run_id))
+                    free = None
+                else:
+                    w.inserts.append(_insert(ln, "allocated", p.warehouse, p.qty, d, run_id))
+            if d.backordered:  # only a line's last step can leave something waiting
+                if bo is not None:
+                    w.updates.append(_update(bo, "backordered", None, d.waiting, d, run_id))
+                else:
+                    w.inserts.append(_insert(ln, "backordered", None, d.waiting, d, run_id))
+        if free is not None:
+            w.deletes.append(free.id)  # everything that waited went into rows the line held
+    if plan.outcome == "allocated" and order.status != "allocated":
+        w.to_allocated.append(order.order_id)
+    elif plan.outcome == "backordered" and order.status == "validated":
+        w.to_backordered.append(order.order_id)
 
 
-def _values(d: Decision, status: str, run_id: str) -> dict[str, Any]:
-    return {"warehouse": d.warehouse, "qty": d.qty, "status": status, "rule_id": d.rule_id,
-            "rule_inputs": d.inputs, "run_id": run_id}
+def _resolve_merges(conn: Connection, w: _Writes, run_id: str) -> None:
+    """Top-ups of rows a line already holds: their earlier inputs are read (one query, only
+    for these rows) so the row keeps every decision that filled it."""
+    if not w.merges:
+        return
+    ids = [row.id for row, _, _ in w.merges]
+    earlier_inputs = dict(conn.execute(
+        select(allocations.c.id, allocations.c.rule_inputs)
+        .where(in_values(allocations.c.id, ids, conn.dialect.name))).all())
+    for old, d, added in w.merges:
+        before = earlier_inputs.get(old.id) or {}
+        earlier = [*before.get("earlier", []),
+                   {"rule_id": old.rule_id, "qty": str(old.qty), "run_id": old.run_id,
+                    "inputs": {k: v for k, v in before.items() if k != "earlier"}}]
+        inputs = {**d.inputs, "added": str(added), "earlier": earlier}
+        w.updates.append(_update(old, "allocated", old.warehouse, old.qty + added, d, run_id,
+                                 inputs=inputs))
 
 
-def _row(ln: _Line, d: Decision, status: str, run_id: str) -> dict[str, Any]:
-    return {"order_line_id": ln.line_id, **_values(d, status, run_id)}
+def _values(status: str, warehouse: str | None, qty: Decimal, d: Decision, run_id: str,
+            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"warehouse": warehouse, "qty": qty, "status": status, "rule_id": d.rule_id,
+            "rule_inputs": d.inputs if inputs is None else inputs, "run_id": run_id}
 
 
-def _write(conn: Connection, plan: _Plan, run_id: str) -> None:
-    if plan.inserts:
-        rows = plan.inserts
-        if conn.dialect.name == "postgresql":
-            # COPY takes the JSON column as text (no SQLAlchemy type processing on that path)
-            rows = [{**r, "rule_inputs": json.dumps(r["rule_inputs"])} for r in rows]
-        bulk_insert(conn, allocations, rows)  # COPY on PostgreSQL: ~10x a pipelined executemany
-    if plan.updates:
+def _insert(ln: LineIn, status: str, warehouse: str | None, qty: Decimal, d: Decision,
+            run_id: str) -> dict[str, Any]:
+    return {"order_line_id": ln.line_id, **_values(status, warehouse, qty, d, run_id)}
+
+
+def _update(row: _Row, status: str, warehouse: str | None, qty: Decimal, d: Decision, run_id: str,
+            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    was = "allocated" if row.warehouse is not None else "backordered"
+    return {"b_id": row.id, "b_was": was, **_values(status, warehouse, qty, d, run_id, inputs)}
+
+
+def _write(conn: Connection, w: _Writes, run_id: str) -> None:
+    if w.deletes:
+        conn.execute(delete(allocations).where(
+            in_values(allocations.c.id, w.deletes, conn.dialect.name),
+            allocations.c.status == "backordered"))
+    if w.updates:
+        # guarded by the status we read: a row changed under us is not overwritten blindly
         conn.execute(
             update(allocations)
-            .where(allocations.c.id == bindparam("b_id"), allocations.c.status == "backordered")
+            .where(allocations.c.id == bindparam("b_id"), allocations.c.status == bindparam("b_was"))
             .values({c: bindparam(c) for c in ("warehouse", "qty", "status", "rule_id",
                                                 "rule_inputs", "run_id")}),
-            plan.updates,
+            w.updates,
         )
-    if plan.reserve:
+    if w.inserts:
+        bulk_insert(conn, allocations, w.inserts)  # COPY on PostgreSQL: ~10x an executemany
+    if w.reserve:
         conn.execute(
             update(stock)
             .where(and_(stock.c.sku == bindparam("b_sku"), stock.c.warehouse == bindparam("b_wh")))
             .values(reserved=stock.c.reserved + bindparam("b_qty", type_=stock.c.reserved.type),
                     run_id=run_id),
-            [{"b_sku": s, "b_wh": w, "b_qty": q} for (s, w), q in sorted(plan.reserve.items())],
+            [{"b_sku": s, "b_wh": wh, "b_qty": q} for (s, wh), q in sorted(w.reserve.items())],
         )
     for ids, state, reason in (
-        (plan.to_allocated, "allocated", "every line allocated"),
-        (plan.to_backordered, "backordered", "a line waits for stock"),
+        (w.to_allocated, "allocated", "every line allocated"),
+        (w.to_backordered, "backordered", "a line waits for stock"),
     ):
         if ids:
             transition(conn, ids, state, run_id, reason)  # one statement set, any number of ids
+
+
+def _owner_needs(plans: Sequence[OrderPlan]) -> list[OwnerNeed]:
+    """Placed orders without an owner (an owner, once set, is kept)."""
+    return [OwnerNeed(p.order.order_id, p.order.ship_region, p.order.customer_region)
+            for p in plans if p.outcome in PLACED and p.order.owner is None]
+
+
+def _assign_owners(conn: Connection, plans: Sequence[OrderPlan], config: OwnersConfig,
+                   run_id: str) -> int:
+    needs = _owner_needs(plans)
+    if not needs:
+        return 0
+    before = lock_counters(conn, teams_needed(needs, config), run_id)
+    decisions, after = assign_owners(needs, config, before)
+    return write_owners(conn, decisions, before, after, run_id)
+
+
+# --- dry run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the current and the new rules, for people to read."""
+
+    order_id: int
+    order_no: str | None
+    what: str  # "line 1 SKU-A x 10" | "status" | "owner"
+    current: str
+    new: str
+
+
+@dataclass
+class DryRun:
+    """Open orders decided under two configurations, from the same stock; nothing written."""
+
+    orders: list[OrderIn]  # in order id order
+    current: dict[int, OrderPlan]
+    new: dict[int, OrderPlan]
+    current_owners: dict[int, str | None]  # "alice (team_east)"
+    new_owners: dict[int, str | None]
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        counts = Counter(o.status for o in self.orders)
+        return {s: counts[s] for s in REPLAYS if counts[s]}
+
+    def changes(self) -> list[Change]:
+        out: list[Change] = []
+        for order in self.orders:
+            cur, new = self.current[order.order_id], self.new[order.order_id]
+            cur_lines, new_lines = _line_decisions(cur), _line_decisions(new)
+            for ln in order.lines:
+                a, b = cur_lines.get(ln.line_id), new_lines.get(ln.line_id)
+                if a != b:  # rules and picks (Decision equality ignores the inputs)
+                    what = f"line {ln.line_no} {ln.sku} x {_q(ln.qty)}"
+                    out.append(Change(order.order_id, order.order_no, what, steps_label(a),
+                                      steps_label(b)))
+            if cur.outcome != new.outcome:
+                out.append(Change(order.order_id, order.order_no, "status", cur.outcome,
+                                  new.outcome))
+            a_owner = self.current_owners.get(order.order_id)
+            b_owner = self.new_owners.get(order.order_id)
+            if a_owner != b_owner:
+                out.append(Change(order.order_id, order.order_no, "owner", a_owner or "-",
+                                  b_owner or "-"))
+        return out
+
+    def summary(self) -> list[tuple[str, int, int]]:
+        """(what, under the current rules, under the new rules), rows where either is nonzero."""
+        rows: list[tuple[str, int, int]] = []
+        cur_rules, new_rules = _rule_counts(self.current), _rule_counts(self.new)
+        for rule in sorted(set(cur_rules) | set(new_rules)):
+            rows.append((f"lines {rule}", cur_rules[rule], new_rules[rule]))
+        cur_out = Counter(p.outcome for p in self.current.values())
+        new_out = Counter(p.outcome for p in self.new.values())
+        for outcome in ("allocated", "backordered", "unallocated", "skipped"):
+            if cur_out[outcome] or new_out[outcome]:
+                rows.append((f"orders {outcome}", cur_out[outcome], new_out[outcome]))
+        owners = (sum(1 for v in self.current_owners.values() if v),
+                  sum(1 for v in self.new_owners.values() if v))
+        if any(owners):
+            rows.append(("orders with an owner", *owners))
+        return rows
+
+
+def _line_decisions(plan: OrderPlan) -> dict[int, Steps]:
+    return {ln.line_id: steps for ln, steps in plan.decisions}
+
+
+def _q(q: Decimal | None) -> str:
+    return "?" if q is None else format(q.normalize(), "f")
+
+
+def _rule_counts(plans: Mapping[int, OrderPlan]) -> Counter[str]:
+    return Counter(d.rule_id for p in plans.values() for _, steps in p.decisions for d in steps)
+
+
+@contextmanager
+def _read_only(engine: Engine) -> Iterator[Connection]:
+    """One consistent snapshot in which writing is impossible, not merely avoided.
+
+    PostgreSQL: a REPEATABLE READ, READ ONLY transaction (set on the connection before it
+    begins; SQLAlchemy resets both when the connection goes back to the pool). SQLite: a
+    deferred transaction (one WAL snapshot) with ``query_only`` on, given back afterwards."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ",
+                                                postgresql_readonly=True) as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("PRAGMA query_only = OFF")  # a connection setting: give it back
+            conn.rollback()
+
+
+def dry_run(
+    engine: Engine,
+    current: AllocationConfig | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    new: AllocationConfig | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> DryRun:
+    """Replay the open orders (validated, backordered, allocated but not pushed) under both
+    configurations, writing nothing.
+
+    Both replays start from the same point: every line of those orders waits for its whole
+    quantity, and the stock their rows hold is free again (on_hand minus what other orders hold).
+    So the difference is the rules' alone. Owners are sticky as in a real run: an order that has
+    one keeps it; the others are assigned from the stored counters under each configuration.
+    """
+    cur_cfg, new_cfg = AllocationConfig.from_config(current), AllocationConfig.from_config(new)
+    with _read_only(engine) as conn:
+        work, held = _fetch_work(conn, REPLAYS, lock=False)
+        available, regions = _fetch_stock(conn, REPLAYS, lock=False)
+        counters = read_counters(conn)
+    for h in held.values():
+        for wh, row in h.allocated.items():
+            if h.sku is not None:
+                by_wh = available.setdefault(h.sku, {})
+                by_wh[wh] = by_wh.get(wh, Decimal(0)) + row.qty
+    fresh = [replace(o, lines=tuple(replace(ln, waiting=ln.qty) for ln in o.lines)) for o in work]
+    plans = {}
+    owners = {}
+    for name, cfg in (("current", cur_cfg), ("new", new_cfg)):
+        decided = plan_orders(fresh, available, regions, cfg)
+        plans[name] = {p.order.order_id: p for p in decided}
+        owners[name] = _replay_owners(decided, cfg.owners, counters)
+    return DryRun(fresh, plans["current"], plans["new"], owners["current"], owners["new"])
+
+
+def _replay_owners(plans: Sequence[OrderPlan], config: OwnersConfig | None,
+                   counters: Mapping[str, int]) -> dict[int, str | None]:
+    out: dict[int, str | None] = {
+        p.order.order_id: f"{p.order.owner} ({p.order.team})" if p.order.owner else None
+        for p in plans}
+    if config is not None:
+        decisions, _ = assign_owners(_owner_needs(plans), config, counters)
+        out |= {d.order_id: f"{d.owner} ({d.team})" for d in decisions}
+    return out

@@ -1,36 +1,64 @@
-"""Allocation rules: declared as data in orderhub.yaml, evaluated by a pure function (no I/O).
+"""Allocation rules: declared as data in orderhub.yaml, evaluated by pure functions (no I/O).
 
-A rule is a small mapping, tried in order; the first rule that can fill the *whole* line wins:
+The ``allocation:`` section (docs/allocation.md has every key with examples)::
 
-    - {id: home_region, warehouse_in: customer_region, require_stock: true}
-    - {id: any_stock, require_stock: true}
-    - {id: backorder}
+    allocation:
+      rules:                 # tried in order for each line; the first that places it wins
+        - {id: home_region, warehouse_in: customer_region, require_stock: true}
+        - {id: any_stock, require_stock: true}
+        - {id: split, split: true, max_warehouses: 2}
+        - {id: partial, partial: true}
+        - {id: backorder}
+      priority:              # who gets scarce stock first (ties: oldest ordered_at, then id)
+        - {by: customer_group, order: [vip, wholesale, retail]}
+        - {by: ordered_at}
+      owners: {...}          # warehouse/owners.py
 
-Keys:
-- ``id`` (required): the name recorded on the allocation row (``allocations.rule_id``).
-- ``require_stock`` (bool, default false): pick a warehouse whose available stock covers the line
-  (most available first, then warehouse code). A rule without it is a catch-all backorder: the
-  line is recorded with no warehouse, to be re-allocated when stock arrives.
-- ``warehouse_in`` (needs ``require_stock``): restrict the candidate warehouses.
-  ``customer_region`` = warehouses in the order's ship_region, else the customer's own region.
+What a rule does comes from its keys, never from its id, so a data engineer can rename, reorder
+or drop rules without touching code:
 
-The behaviour comes from the keys, not the id, so a data engineer can rename or reorder rules
-without touching code; ``validate_rules`` turns a wrong key into an error naming the rule.
+- no stock key: a catch-all backorder (the whole line waits for stock);
+- ``require_stock: true``: one warehouse that holds the whole line (most available first);
+- ``split: true``: the whole line from up to ``max_warehouses`` (default 2) warehouses: the
+  fewest that can, home-region warehouses first, then the most stock;
+- ``partial: true``: what the warehouses hold (home region first, then the fullest); the rest
+  goes back through the rules and, when no warehouse has any, waits (allocated + backordered rows);
+- ``warehouse_in: customer_region`` (any stock rule): only warehouses in the order's ship_region
+  (else the customer's region).
+
+A line is decided in steps until it is filled or must wait (``decide``): what a partial rule
+leaves goes back through the rules at once, so a later run with the same (or less) stock decides
+nothing new; only stock that arrives changes a waiting line. Every step carries its inputs
+(JSON-able): the quantity, the candidates and the stock seen, and why each earlier rule did not
+fire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-ALLOWED_KEYS = ("id", "require_stock", "warehouse_in")
+from warehouse.owners import OwnerConfigError, OwnersConfig, parse_owners
+
+SECTION_KEYS = ("rules", "priority", "owners")
+ALLOWED_KEYS = ("id", "require_stock", "warehouse_in", "split", "partial", "max_warehouses")
 WAREHOUSE_IN_VALUES = ("customer_region",)
+PRIORITY_BY = ("customer_group", "source", "ship_region", "ordered_at")
+DEFAULT_RULES: tuple[dict[str, Any], ...] = ({"id": "backorder"},)  # as flows/config.py
+DEFAULT_SPLIT_WAREHOUSES = 2
+_LAST = datetime.max.replace(tzinfo=UTC)
+_ZERO = Decimal(0)
 
 
 class RuleConfigError(ValueError):
-    """A malformed ``allocation.rules`` list; the message names the rule and the key."""
+    """A malformed ``allocation`` section; the message is one line naming ``allocation.<path>``."""
+
+
+# --- configuration ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -38,28 +66,57 @@ class Rule:
     id: str
     require_stock: bool = False
     warehouse_in: str | None = None
+    split: bool = False
+    partial: bool = False
+    max_warehouses: int = 1
+    # backorder | whole | split | partial: what the keys ask for (set once: read for every line)
+    kind: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kind = ("partial" if self.partial else "split" if self.split
+                else "whole" if self.require_stock else "backorder")
+        object.__setattr__(self, "kind", kind)
 
 
 @dataclass(frozen=True)
-class LineNeed:
-    """What one order line needs, plus the order facts the rules may look at."""
-
-    sku: str
-    qty: Decimal
-    ship_region: str | None = None
-    customer_region: str | None = None
+class PriorityKey:
+    by: str  # one of PRIORITY_BY
+    order: tuple[str, ...] = ()  # listed values first, in this order; anything else after
 
 
 @dataclass(frozen=True)
-class Decision:
-    rule_id: str
-    warehouse: str | None  # None: backordered
-    qty: Decimal
-    inputs: dict[str, Any] = field(default_factory=dict)  # JSON-able: why this rule, this warehouse
+class AllocationConfig:
+    rules: tuple[Rule, ...]
+    priority: tuple[PriorityKey, ...] = ()
+    owners: OwnersConfig | None = None  # None: no owner assignment
 
-    @property
-    def backordered(self) -> bool:
-        return self.warehouse is None
+    @classmethod
+    def from_config(cls, section: Any, where: str = "allocation") -> AllocationConfig:
+        """Parse orderhub.yaml's ``allocation`` mapping (None or {} = backorder every line).
+
+        A bare list is taken as the rules alone (what ``allocate()`` was always given)."""
+        if isinstance(section, AllocationConfig):
+            return section
+        if section is None:
+            section = {}
+        if isinstance(section, Sequence) and not isinstance(section, str | bytes):
+            section = {"rules": section}
+        if not isinstance(section, Mapping):
+            raise RuleConfigError(f"{where}: expected a mapping with {', '.join(SECTION_KEYS)}")
+        unknown = sorted(set(section) - set(SECTION_KEYS))
+        if unknown:
+            raise RuleConfigError(
+                f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(SECTION_KEYS)})")
+        rules = section.get("rules")
+        try:
+            owners = parse_owners(section.get("owners"), f"{where}.owners")
+        except OwnerConfigError as exc:
+            raise RuleConfigError(str(exc)) from None
+        return cls(
+            rules=tuple(validate_rules(DEFAULT_RULES if rules is None else rules, f"{where}.rules")),
+            priority=tuple(validate_priority(section.get("priority"), f"{where}.priority")),
+            owners=owners,
+        )
 
 
 def validate_rules(rules: Any, where: str = "allocation.rules") -> list[Rule]:
@@ -67,7 +124,6 @@ def validate_rules(rules: Any, where: str = "allocation.rules") -> list[Rule]:
     if not isinstance(rules, Sequence) or isinstance(rules, str | bytes) or not rules:
         raise RuleConfigError(f"{where}: expected a non-empty list of rules")
     parsed: list[Rule] = []
-    catch_all: str | None = None
     for i, raw in enumerate(rules):
         at = f"{where}[{i}]"
         if not isinstance(raw, Mapping):
@@ -83,27 +139,170 @@ def validate_rules(rules: Any, where: str = "allocation.rules") -> list[Rule]:
             )
         if any(r.id == rid for r in parsed):
             raise RuleConfigError(f"{at}: duplicate rule id {rid!r}")
-        require_stock = raw.get("require_stock", False)
-        if not isinstance(require_stock, bool):
-            raise RuleConfigError(f"{at}: 'require_stock' must be true or false")
-        warehouse_in = raw.get("warehouse_in")
-        if warehouse_in is not None:
-            if warehouse_in not in WAREHOUSE_IN_VALUES:
-                raise RuleConfigError(
-                    f"{at}: 'warehouse_in' must be one of {', '.join(WAREHOUSE_IN_VALUES)}, "
-                    f"got {warehouse_in!r}"
-                )
-            if not require_stock:
-                raise RuleConfigError(f"{at}: 'warehouse_in' needs 'require_stock: true'")
-        if catch_all is not None:
-            # a rule after a catch-all backorder would never be chosen: surely a config mistake
-            raise RuleConfigError(
-                f"{at}: unreachable, rule {catch_all!r} before it takes every line"
-            )
-        if not require_stock:
-            catch_all = rid
-        parsed.append(Rule(id=rid, require_stock=require_stock, warehouse_in=warehouse_in))
+        rule = _parse_rule(raw, rid, at)
+        for earlier in parsed:
+            if _covers(earlier, rule):
+                # a rule that can never be chosen is surely a config mistake
+                what = "takes every line" if earlier.kind == "backorder" else (
+                    "places every line this one could")
+                raise RuleConfigError(f"{at}: unreachable, rule {earlier.id!r} before it {what}")
+        parsed.append(rule)
     return parsed
+
+
+def _flag(raw: Mapping[str, Any], key: str, at: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise RuleConfigError(f"{at}: '{key}' must be true or false")
+    return value
+
+
+def _parse_rule(raw: Mapping[str, Any], rid: str, at: str) -> Rule:
+    require_stock = _flag(raw, "require_stock", at)
+    split = _flag(raw, "split", at)
+    partial = _flag(raw, "partial", at)
+    if split and partial:
+        raise RuleConfigError(f"{at}: 'split' and 'partial' exclude each other (a partial rule "
+                              "already takes from as many warehouses as have stock)")
+    if partial and require_stock:
+        raise RuleConfigError(f"{at}: 'partial' places what there is: drop 'require_stock'")
+    if split and raw.get("require_stock") is False:
+        raise RuleConfigError(f"{at}: 'split' fills the whole line from stock: "
+                              "drop 'require_stock: false'")
+    max_wh = 1
+    if "max_warehouses" in raw:
+        if not split:
+            raise RuleConfigError(f"{at}: 'max_warehouses' needs 'split: true'")
+        max_wh = raw["max_warehouses"]
+        if isinstance(max_wh, bool) or not isinstance(max_wh, int) or max_wh < 2:
+            raise RuleConfigError(f"{at}: 'max_warehouses' must be a whole number >= 2")
+    elif split:
+        max_wh = DEFAULT_SPLIT_WAREHOUSES
+    warehouse_in = raw.get("warehouse_in")
+    if warehouse_in is not None:
+        if warehouse_in not in WAREHOUSE_IN_VALUES:
+            raise RuleConfigError(
+                f"{at}: 'warehouse_in' must be one of {', '.join(WAREHOUSE_IN_VALUES)}, "
+                f"got {warehouse_in!r}"
+            )
+        if not (require_stock or split or partial):
+            raise RuleConfigError(
+                f"{at}: 'warehouse_in' needs 'require_stock: true' (or split / partial)")
+    return Rule(id=rid, require_stock=require_stock or split, warehouse_in=warehouse_in,
+                split=split, partial=partial, max_warehouses=max_wh)
+
+
+def _covers(earlier: Rule, later: Rule) -> bool:
+    """True when ``earlier`` always fires whenever ``later`` could (so ``later`` never does)."""
+    if earlier.kind == "backorder":
+        return True
+    if later.kind == "backorder":
+        return False
+    wider = earlier.warehouse_in is None or earlier.warehouse_in == later.warehouse_in
+    if not wider:
+        return False
+    if earlier.kind == "partial":
+        return True  # any stock in scope makes a partial fire; every stock rule needs some
+    if earlier.kind == "split":  # the fewest warehouses: one, when one warehouse can
+        return later.kind == "whole" or (
+            later.kind == "split" and later.max_warehouses <= earlier.max_warehouses)
+    return later.kind == "whole"
+
+
+def validate_priority(priority: Any, where: str = "allocation.priority") -> list[PriorityKey]:
+    """Parse ``priority`` (None = oldest first); raise RuleConfigError naming the entry."""
+    if priority is None:
+        return []
+    if not isinstance(priority, Sequence) or isinstance(priority, str | bytes):
+        raise RuleConfigError(f"{where}: expected a list like [{{by: customer_group, order: [...]}}, "
+                              "{by: ordered_at}]")
+    keys: list[PriorityKey] = []
+    for i, raw in enumerate(priority):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, Mapping):
+            raise RuleConfigError(f"{at}: expected a mapping like {{by: ordered_at}}, got {raw!r}")
+        unknown = sorted(set(raw) - {"by", "order"})
+        if unknown:
+            raise RuleConfigError(f"{at}: unknown key {unknown[0]!r} (allowed: by, order)")
+        by = raw.get("by")
+        if by not in PRIORITY_BY:
+            raise RuleConfigError(f"{at}: 'by' must be one of {', '.join(PRIORITY_BY)}, got {by!r}")
+        at = f"{at} ({by})"
+        if any(k.by == by for k in keys):
+            raise RuleConfigError(f"{at}: {by} is listed twice")
+        order = raw.get("order")
+        if by == "ordered_at":
+            if order is not None:
+                raise RuleConfigError(f"{at}: 'order' is not used with ordered_at (oldest first)")
+            keys.append(PriorityKey(by))
+            continue
+        if (not isinstance(order, Sequence) or isinstance(order, str | bytes) or not order
+                or not all(isinstance(v, str) for v in order)):
+            raise RuleConfigError(f"{at}: 'order' must be a non-empty list of {by} values, "
+                                  "first served first")
+        if len(set(order)) != len(order):
+            raise RuleConfigError(f"{at}: 'order' lists a value twice")
+        keys.append(PriorityKey(by, tuple(order)))
+    return keys
+
+
+# --- one line ----------------------------------------------------------------------------------
+
+
+# Per-line values are NamedTuples and slotted dataclasses, not frozen dataclasses: the planner
+# makes several per line, and a frozen dataclass pays object.__setattr__ for every field.
+
+
+class LineNeed(NamedTuple):
+    """What one order line needs, plus the order facts the rules may look at."""
+
+    sku: str
+    qty: Decimal
+    ship_region: str | None = None
+    customer_region: str | None = None
+
+
+class Pick(NamedTuple):
+    warehouse: str | None  # None: this quantity waits for stock (a backordered row)
+    qty: Decimal
+
+
+@dataclass(slots=True)
+class Decision:
+    rule_id: str
+    picks: tuple[Pick, ...]
+    inputs: dict[str, Any] = field(default_factory=dict, compare=False)  # JSON-able: the why
+    # derived once from picks (the planner reads them for every line; plain attributes are
+    # cheaper than properties; functools.cached_property even takes a lock on 3.11)
+    allocated: tuple[Pick, ...] = field(init=False, compare=False, repr=False)
+    waiting: Decimal = field(init=False, compare=False, repr=False)
+    backordered: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        picks = self.picks
+        if len(picks) == 1:  # nearly every step: one warehouse, or all of it waits
+            waits = picks[0].warehouse is None
+            allocated, waiting = ((), picks[0].qty) if waits else (picks, _ZERO)
+        else:
+            allocated = tuple(p for p in picks if p.warehouse is not None)
+            waiting = sum((p.qty for p in picks if p.warehouse is None), _ZERO)
+        self.allocated, self.waiting, self.backordered = allocated, waiting, waiting > 0
+
+    def label(self) -> str:
+        """One line for people: ``split: WH-E 6 + WH-W 4``, ``partial: WH-W 1 + 2 waiting``."""
+        parts = [f"{p.warehouse} {qty_text(p.qty)}" for p in self.allocated]
+        if self.backordered:
+            parts.append(f"{qty_text(self.waiting)} waiting")
+        return f"{self.rule_id}: {' + '.join(parts)}"
+
+
+def qty_text(q: Decimal) -> str:
+    """Quantities without padding zeros ("2", "2.5"), never in exponent form."""
+    return format(q.normalize(), "f")
+
+
+def _s(q: Decimal) -> str:
+    return str(q)
 
 
 def _target_region(line: LineNeed) -> tuple[str | None, str | None]:
@@ -115,42 +314,293 @@ def _target_region(line: LineNeed) -> tuple[str | None, str | None]:
     return None, None
 
 
+# Each kind gets the candidates with stock, fullest first (then by code), never empty.
+_Picks = tuple[list[Pick] | None, str]
+_Usable = list[tuple[str, Decimal]]
+
+
 def choose(
     line: LineNeed,
     stock: Mapping[str, Decimal],
     warehouse_regions: Mapping[str, str | None],
     rules: Sequence[Rule],
 ) -> Decision | None:
-    """The first rule that can fill the whole line, or None when no rule can.
+    """One step: the first rule that places (some of) the line, or None when no rule can.
 
     ``stock`` is warehouse -> available quantity for this line's sku (already net of what
-    earlier lines took). The caller subtracts the decision's qty before the next line.
+    earlier lines took). A partial step may place less than the line (``decide`` goes on).
     """
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}  # rule id -> why it did not fire, in rule order
+    region, region_from = _target_region(line)
+    # this runs for every line: sort once, and stringify / rank only what a rule looks at
+    seen = sorted(stock.items())
+    fullest: _Usable | None = None
+    qty = line.qty
     for rule in rules:
-        inputs: dict[str, Any] = {"qty": str(line.qty)}
-        if not rule.require_stock:
-            inputs["available"] = {w: str(q) for w, q in sorted(stock.items())}
+        kind = rule.kind
+        inputs: dict[str, Any] = {"qty": _s(qty)}
+        if kind == "backorder":
+            inputs["available"] = {w: _s(q) for w, q in seen}
             if skipped:
-                inputs["skipped"] = skipped
-            return Decision(rule.id, None, line.qty, inputs)
-        candidates = dict(stock)
+                inputs["skipped"] = dict(skipped)
+            return Decision(rule.id, (Pick(None, qty),), inputs)
         if rule.warehouse_in == "customer_region":
-            region, region_from = _target_region(line)
             inputs["region"] = region
             inputs["region_from"] = region_from
-            candidates = {
-                w: q
-                for w, q in candidates.items()
-                if region is not None and warehouse_regions.get(w) == region
-            }
-        inputs["candidates"] = {w: str(q) for w, q in sorted(candidates.items())}
-        fitting = [(w, q) for w, q in candidates.items() if q >= line.qty]
-        if fitting:
-            # most available first (keeps small warehouses for small lines), then code: stable
-            warehouse, _ = min(fitting, key=lambda wq: (-wq[1], wq[0]))
-            if skipped:
-                inputs["skipped"] = skipped
-            return Decision(rule.id, warehouse, line.qty, inputs)
-        skipped.append(rule.id)
+            scope = ([(w, q) for w, q in seen if warehouse_regions.get(w) == region]
+                     if region is not None else [])
+        else:
+            if kind != "whole":
+                inputs["home"] = region  # split and partial prefer home-region warehouses
+            scope = seen
+        inputs["candidates"] = {w: _s(q) for w, q in scope}
+        if kind == "whole":
+            # the common case, kept to one pass: the fullest (the lowest code on a tie)
+            best: tuple[str, Decimal] | None = None
+            for wq in scope:
+                if wq[1] > _ZERO and (best is None or wq[1] > best[1]):
+                    best = wq
+            usable = [best] if best is not None else []
+        elif scope is seen:
+            if fullest is None:
+                fullest = sorted(((w, q) for w, q in seen if q > _ZERO), key=_FULLEST)
+            usable = fullest
+        else:
+            usable = sorted(((w, q) for w, q in scope if q > _ZERO), key=_FULLEST)
+        if kind == "split":
+            inputs["max_warehouses"] = rule.max_warehouses
+        if usable:
+            home = ({w for w, _ in usable if warehouse_regions.get(w) == region}
+                    if region is not None and kind != "whole" else set())
+            picks, why = _RULE_KINDS[kind](qty, usable, rule, home)
+        elif rule.warehouse_in and region is None:
+            picks, why = None, "no region known (no ship_region, no customer region)"
+        else:
+            picks = None
+            why = "no stock in any candidate warehouse" if inputs["candidates"] else (
+                "no warehouse in scope")
+        if picks is None:
+            skipped[rule.id] = why
+            continue
+        if skipped:
+            inputs["skipped"] = dict(skipped)
+        return Decision(rule.id, tuple(picks), inputs)
     return None
+
+
+def _FULLEST(wq: tuple[str, Decimal]) -> tuple[Decimal, str]:  # noqa: N802 - a sort key
+    return -wq[1], wq[0]
+
+
+
+
+def _home_first(usable: _Usable, home: set[str]) -> _Usable:
+    return sorted(usable, key=lambda wq: wq[0] not in home)  # stable: fullest first within
+
+
+def _whole(qty: Decimal, usable: _Usable, rule: Rule, home: set[str]) -> _Picks:
+    warehouse, most = usable[0]  # the fullest (keeps small warehouses for small lines)
+    if most >= qty:
+        return [Pick(warehouse, qty)], ""
+    return None, f"no single warehouse holds {qty_text(qty)} (most: {qty_text(most)} at {warehouse})"
+
+
+def _split(qty: Decimal, usable: _Usable, rule: Rule, home: set[str]) -> _Picks:
+    """The fewest warehouses that fill the line; among sets that size, home region first, then
+    the most stock. The fullest k warehouses are the best any k can do, which fixes k; a greedy
+    pass in preference order then keeps each warehouse that still leaves the set completable."""
+    total, size = Decimal(0), 0
+    for n, (_, q) in enumerate(usable[: rule.max_warehouses], 1):
+        total += q
+        if total >= qty:
+            size = n
+            break
+    if not size:
+        return None, (f"the {min(rule.max_warehouses, len(usable))} fullest warehouses hold "
+                      f"{qty_text(total)} of {qty_text(qty)}")
+    chosen: _Usable = []
+    for w, q in _home_first(usable, home):
+        if len(chosen) == size:
+            break
+        trial = [*chosen, (w, q)]
+        taken = {t for t, _ in trial}
+        best_rest = [r for t, r in usable if t not in taken][: size - len(trial)]
+        if sum((r for _, r in trial), Decimal(0)) + sum(best_rest, Decimal(0)) >= qty:
+            chosen = trial
+    picks, left = [], qty
+    for w, q in chosen:  # home first, then most stock; with k minimal every one takes > 0
+        take = min(q, left)
+        picks.append(Pick(w, take))
+        left -= take
+    return picks, ""
+
+
+def _partial(qty: Decimal, usable: _Usable, rule: Rule, home: set[str]) -> _Picks:
+    """What the warehouses hold, home region first, then the fullest, up to the line."""
+    picks, left = [], qty
+    for w, q in _home_first(usable, home):
+        take = min(q, left)
+        picks.append(Pick(w, take))
+        left -= take
+        if not left:
+            break
+    return picks, ""
+
+
+_RULE_KINDS = {"whole": _whole, "split": _split, "partial": _partial}
+
+Steps = tuple[Decision, ...]
+
+
+def decide(
+    line: LineNeed,
+    stock: Mapping[str, Decimal],
+    warehouse_regions: Mapping[str, str | None],
+    rules: Sequence[Rule],
+) -> Steps | None:
+    """The line's steps until it is filled or must wait; None when no rule places any of it.
+
+    What a partial step leaves goes back through the rules (from the top) with the stock that
+    is left: the result is a fixpoint, so a later run without new stock decides nothing new
+    (every rule is monotone: with less stock it never fires where it did not). Each step takes
+    stock, so this ends within one step per warehouse, plus one.
+    """
+    left = stock  # copied only when a partial step goes on
+    need = line.qty
+    steps: list[Decision] = []
+    while True:
+        d = choose(line if need == line.qty else line._replace(qty=need), left, warehouse_regions,
+                   rules)
+        if d is None:
+            if not steps:
+                return None
+            # no catch-all for the rest: it waits under the step that left it
+            last = steps[-1]
+            steps[-1] = Decision(last.rule_id, (*last.picks, Pick(None, need)), last.inputs)
+            return tuple(steps)
+        steps.append(d)
+        placed = sum((p.qty for p in d.allocated), Decimal(0))
+        if not d.allocated or placed >= need:
+            return tuple(steps)
+        left = dict(left)
+        for p in d.allocated:
+            left[p.warehouse] -= p.qty  # type: ignore[index]
+        need -= placed
+
+
+def steps_label(steps: Steps | None) -> str:
+    """``partial: WH-W 2; backorder: 1 waiting``; "not placed" for None."""
+    return "; ".join(d.label() for d in steps) if steps else "not placed"
+
+
+# --- orders in priority order --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LineIn:
+    line_id: int
+    line_no: int
+    sku: str | None
+    qty: Decimal | None
+    waiting: Decimal | None  # what this run must place (None: the line is fully allocated)
+
+
+@dataclass(slots=True)
+class OrderIn:
+    """One order as the rules see it: plain values, no database."""
+
+    order_id: int
+    status: str
+    lines: tuple[LineIn, ...]
+    ordered_at: datetime | None = None
+    ship_region: str | None = None
+    customer_region: str | None = None
+    customer_group: str | None = None
+    source: str | None = None
+    order_no: str | None = None
+    owner: str | None = None
+    team: str | None = None
+
+
+@dataclass(slots=True)
+class OrderPlan:
+    order: OrderIn
+    outcome: str  # allocated | backordered | unallocated (no rule placed a line) | skipped
+    decisions: tuple[tuple[LineIn, Steps], ...] = ()  # this run's steps per line it decided
+
+
+def _at(value: datetime | None) -> datetime:
+    return value if value is not None else _LAST  # no date: served last
+
+
+def priority_key(order: OrderIn, priority: Sequence[PriorityKey]) -> tuple[Any, ...]:
+    """Sort key: the declared keys in turn, then oldest ordered_at, then lowest id."""
+    parts: list[Any] = []
+    for key in priority:
+        if key.by == "ordered_at":
+            parts.append(_at(order.ordered_at))
+        else:
+            value = getattr(order, key.by)
+            parts.append(key.order.index(value) if value in key.order else len(key.order))
+    return (*parts, _at(order.ordered_at), order.order_id)
+
+
+def priority_inputs(order: OrderIn, priority: Sequence[PriorityKey]) -> dict[str, Any]:
+    """The values the declared priority looked at (recorded with each decision)."""
+    out: dict[str, Any] = {}
+    for key in priority:
+        value = getattr(order, key.by)
+        out[key.by] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def plan_orders(
+    work: Iterable[OrderIn],
+    stock: Mapping[str, Mapping[str, Decimal]],
+    warehouse_regions: Mapping[str, str | None],
+    config: AllocationConfig,
+) -> list[OrderPlan]:
+    """Decide every order, in priority order, each taking the stock earlier orders left.
+
+    ``stock`` is sku -> warehouse -> available. An order is all-or-nothing: when no rule can
+    place one of its lines it is ``unallocated`` and takes nothing. Lines whose ``waiting`` is
+    None are already allocated and left alone.
+    """
+    available = {sku: dict(by_wh) for sku, by_wh in stock.items()}
+    plans: list[OrderPlan] = []
+    for order in sorted(work, key=lambda o: priority_key(o, config.priority)):
+        if not order.lines or any(
+            ln.sku is None or ln.qty is None or ln.qty <= 0 for ln in order.lines
+        ):
+            plans.append(OrderPlan(order, "skipped"))  # checks should never let this through
+            continue
+        prio = priority_inputs(order, config.priority) if config.priority else None
+        taken: Counter[tuple[str, str]] = Counter()
+        decided: list[tuple[LineIn, Steps]] = []
+        for ln in order.lines:
+            if ln.waiting is None or ln.waiting <= 0:
+                continue
+            sku = ln.sku
+            assert sku is not None  # checked above; for the type checker
+            left = available.get(sku, {})  # read-only below; net of this order's earlier lines:
+            if taken and any(k[0] == sku for k in taken):
+                left = {w: q - taken[(sku, w)] for w, q in left.items()}
+            need = LineNeed(sku, ln.waiting, order.ship_region, order.customer_region)
+            steps = decide(need, left, warehouse_regions, config.rules)
+            if steps is None:
+                break
+            if prio:
+                for d in steps:
+                    d.inputs["priority"] = prio  # a fresh dict per decision: safe to extend
+            for d in steps:
+                for p in d.allocated:
+                    taken[(sku, p.warehouse)] += p.qty  # type: ignore[index]
+            decided.append((ln, steps))
+        else:
+            for (sku, w), q in taken.items():
+                available[sku][w] -= q
+            waits = any(d.backordered for _, steps in decided for d in steps)
+            plans.append(OrderPlan(order, "backordered" if waits else "allocated", tuple(decided)))
+            continue
+        plans.append(OrderPlan(order, "unallocated"))
+    return plans

@@ -1,77 +1,447 @@
-"""Invoicing: pushed orders get one invoice each, set-based, with a deterministic number.
+"""Invoicing: policies per channel, tax per line, numbering per company, credit notes.
 
-``invoice_no = INV-{source}-{order_no without '#'}``: the same order always gets the same
-number, so a rerun (or a lost response from the finance system) can never issue a second one;
-``invoices.order_id`` is unique as well. Sending the invoice goes through the outbox
-(operation ``invoice``); ``complete_invoices`` moves an order to ``invoiced`` once that push
-is confirmed.
+Every rule comes from orderhub.yaml ``invoicing`` (``InvoicingConfig.from_config``); every
+document records why it was issued (``invoices.policy``/``reason``, ``invoice_lines.tax_rule``,
+``credit_notes.cause``/``reason``). docs/invoicing.md has the configuration with examples.
+
+- **Policies.** ``on_order``: a pushed order (all its pushes confirmed) is invoiced.
+  ``on_shipment``: a pushed order is invoiced once it is shipped (``shipped_condition``).
+- **Tax** per line (``warehouse.tax``): rate by SKU prefix, currency or default, rounded per line;
+  ``invoices.amount`` = net + tax, the lines are stored in ``invoice_lines``.
+- **Numbering.** A source listed under a company gets the company's gap-free sequence
+  (``{prefix}{n:0width}``), assigned in (ordered_at, id) order inside the transaction that
+  inserts the invoices; a rerun finds nothing pending and assigns nothing; numbers are never
+  reused (invoices are never deleted, the sequence only moves forward). A source no company
+  lists keeps the deterministic ``INV-{source}-{order_no without '#'}``.
+- **Outbox.** The idempotency key stays on the business key, the order
+  (``{target}:invoice:INV-{source}-{order_no}``), never on the sequence number, so a rerun or a
+  recovery can never turn one order into two documents (DESIGN invariant 3).
+- **Credit notes.** An invoiced order later ``cancelled`` or ``returned`` gets one credit note
+  reversing its invoice in full, numbered in the company's credit series, pushed through the
+  outbox (operation ``credit_note``) only after the invoice itself was confirmed at the target.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
-from warehouse.engine import begin_write
+from warehouse.engine import begin_write, bulk_insert
 from warehouse.orders import transition
-from warehouse.outbox import dialect_insert, order_doc_no
-from warehouse.schema import customers, invoices, orders, outbox
+from warehouse.outbox import _insert_new, _money, _qty, dialect_insert, iso_utc, order_doc_no
+from warehouse.schema import (
+    credit_notes,
+    customers,
+    document_sequences,
+    invoice_lines,
+    invoices,
+    order_events,
+    order_lines,
+    orders,
+    outbox,
+)
+from warehouse.tax import LineTax, TaxConfigError, TaxRules, line_tax, totals
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("on_order",)
+POLICIES = ("on_order", "on_shipment")
+CREDIT_CAUSES = ("cancelled", "returned")
+# States in which an order has been handed over to the ERP (its sales order confirmed)
+HANDED_OVER = ("pushed", "invoiced", "paid")
+MAX_WIDTH = 18
+MAX_NUMBER_LEN = 64  # invoices.invoice_no / credit_notes.credit_note_no
 
 
-class InvoicingPolicyError(ValueError):
-    """An invoicing policy this build does not implement (orderhub.yaml invoicing.policy)."""
+class InvoicingConfigError(ValueError):
+    """A bad orderhub.yaml ``invoicing`` entry; str() is one line naming ``invoicing.<path>``."""
 
 
-def create_invoices(engine: Engine, run_id: str, policy: str = "on_order") -> int:
-    """Invoice every pushed order that has no invoice yet; return how many were created.
+# the name earlier releases raised for an unknown policy
+InvoicingPolicyError = InvoicingConfigError
 
-    One INSERT ... SELECT: number, order ref, customer code, currency and amount all come from
-    the order row in the database, never through Python.
+
+class InvoicingError(RuntimeError):
+    """Numbering could not be kept gap-free (nothing was written)."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Company:
+    """A numbering company: its invoice and credit-note series and the sources it invoices."""
+
+    key: str
+    prefix: str
+    credit_prefix: str
+    width: int
+    sources: tuple[str, ...]
+
+    @property
+    def invoice_series(self) -> str:
+        return f"invoice:{self.key}"
+
+    @property
+    def credit_series(self) -> str:
+        return f"credit_note:{self.key}"
+
+    def number(self, prefix: str, n: int) -> str:
+        return f"{prefix}{n:0{self.width}d}"
+
+
+@dataclass(frozen=True)
+class InvoicingConfig:
+    """orderhub.yaml ``invoicing``. ``InvoicingConfig()`` is today's ``{policy: on_order}``."""
+
+    policy: str = "on_order"
+    channels: Mapping[str, str] = field(default_factory=dict)  # order source -> policy
+    tax: TaxRules = field(default_factory=TaxRules)
+    companies: tuple[Company, ...] = ()
+
+    KEYS = ("policy", "channels", "tax", "companies")
+
+    @classmethod
+    def from_config(cls, raw: Any) -> InvoicingConfig:
+        """Validate the ``invoicing`` mapping (None or {} -> defaults)."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise InvoicingConfigError("invoicing: expected a mapping (e.g. {policy: on_order})")
+        unknown = sorted(set(raw) - set(cls.KEYS))
+        if unknown:
+            raise InvoicingConfigError(f"invoicing.{unknown[0]}: unknown key (known: "
+                                       f"{', '.join(cls.KEYS)})")
+        policy = _policy(raw.get("policy", "on_order"), "invoicing.policy")
+        channels_raw = raw.get("channels") or {}
+        if not isinstance(channels_raw, Mapping):
+            raise InvoicingConfigError("invoicing.channels: expected a mapping of source -> "
+                                       "policy (e.g. {shopify: on_shipment})")
+        channels = {str(src): _policy(p, f"invoicing.channels.{src}")
+                    for src, p in channels_raw.items()}
+        try:
+            tax = TaxRules.from_config(raw.get("tax"), "invoicing.tax")
+        except TaxConfigError as err:
+            raise InvoicingConfigError(str(err)) from None
+        return cls(policy, channels, tax, _companies(raw.get("companies")))
+
+    def policy_for(self, source: str) -> str:
+        return self.channels.get(source, self.policy)
+
+    def company_for(self, source: str) -> Company | None:
+        return next((c for c in self.companies if source in c.sources), None)
+
+    def company(self, key: str | None) -> Company | None:
+        return next((c for c in self.companies if c.key == key), None)
+
+    def check_sources(self, known: Iterable[str]) -> None:
+        """Every source named under channels or companies must be declared in ``sources``."""
+        names = set(known)
+        for src in self.channels:
+            if src not in names:
+                raise InvoicingConfigError(f"invoicing.channels.{src}: no such source")
+        for company in self.companies:
+            for src in company.sources:
+                if src not in names:
+                    raise InvoicingConfigError(
+                        f"invoicing.companies.{company.key}.sources: {src!r} is no such source")
+
+
+def _policy(value: Any, where: str) -> str:
+    if value not in POLICIES:
+        raise InvoicingConfigError(f"{where}: {value!r} is not one of {', '.join(POLICIES)}")
+    return str(value)
+
+
+def _companies(raw: Any) -> tuple[Company, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise InvoicingConfigError("invoicing.companies: expected a mapping of company -> "
+                                   "{prefix, credit_prefix, width, sources}")
+    out: list[Company] = []
+    owner: dict[str, str] = {}
+    prefixes: dict[str, str] = {}
+    for key, spec in raw.items():
+        where = f"invoicing.companies.{key}"
+        if not isinstance(spec, Mapping):
+            raise InvoicingConfigError(f"{where}: expected {{prefix, credit_prefix, width, "
+                                       "sources}")
+        known = {"prefix", "credit_prefix", "width", "sources"}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise InvoicingConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                                       f"{', '.join(sorted(known))})")
+        width = spec.get("width", 8)
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+            raise InvoicingConfigError(f"{where}.width: expected a whole number 1..{MAX_WIDTH}")
+        for name in ("prefix", "credit_prefix"):
+            value = spec.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise InvoicingConfigError(f"{where}.{name}: required, a non-empty text such "
+                                           f"as \"{str(key).upper()}-"
+                                           f"{'INV' if name == 'prefix' else 'CRN'}-\"")
+            if len(value) + max(width, 10) > MAX_NUMBER_LEN:
+                raise InvoicingConfigError(f"{where}.{name}: too long for a "
+                                           f"{MAX_NUMBER_LEN}-character number")
+            # one printed number must never belong to two series: no prefix may start another
+            for other, other_where in prefixes.items():
+                if value.startswith(other) or other.startswith(value):
+                    raise InvoicingConfigError(f"{where}.{name}: {value!r} clashes with "
+                                               f"{other_where} {other!r}")
+            prefixes[value] = f"{where}.{name}"
+        sources = spec.get("sources") or []
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise InvoicingConfigError(f"{where}.sources: expected a list of source names")
+        for src in sources:
+            if src in owner:
+                raise InvoicingConfigError(f"{where}.sources: {src!r} is already numbered by "
+                                           f"invoicing.companies.{owner[src]}")
+            owner[src] = str(key)
+        out.append(Company(str(key), spec["prefix"], spec["credit_prefix"], width,
+                           tuple(sources)))
+    return tuple(out)
+
+
+def _as_config(policy: str | InvoicingConfig | None) -> InvoicingConfig:
+    if isinstance(policy, InvoicingConfig):
+        return policy
+    return InvoicingConfig.from_config({"policy": policy or "on_order"})
+
+
+# --- shipment -----------------------------------------------------------------------------------
+
+
+def _fulfilment_rows() -> ColumnElement[bool]:
+    return and_(outbox.c.order_id == orders.c.id, outbox.c.operation == "fulfilment")
+
+
+def shipped_condition() -> ColumnElement[bool]:
+    """SQL: the order is shipped. Precedence (docs/invoicing.md):
+
+    1. the channel reports ``restocked``: not shipped (goods came back; it overrides 2-4);
+    2. the channel reports ``fulfilled``: shipped;
+    3. our own fulfilment push to the channel is confirmed (outbox row done): shipped — a
+       channel's ``unfulfilled``/``partial`` pulled before that push is only lagging;
+    4. the channel reports nothing (null) and takes no fulfilment push from us: the confirmed
+       ERP sales order (order pushed or later) is the hand-over to the warehouse.
     """
-    if policy not in POLICIES:
-        raise InvoicingPolicyError(
-            f"invoicing.policy: {policy!r} is not supported yet (supported: {', '.join(POLICIES)})"
-        )
-    invoice_no = order_doc_no("INV")
-    pending = select(orders.c.id).where(
-        orders.c.status == "pushed",
-        ~exists().where(invoices.c.order_id == orders.c.id),
+    status = orders.c.fulfilment_status
+    return and_(
+        or_(status.is_(None), status != "restocked"),
+        or_(
+            status == "fulfilled",
+            exists().where(_fulfilment_rows(), outbox.c.status == "done"),
+            and_(status.is_(None), ~exists().where(_fulfilment_rows()),
+                 orders.c.status.in_(HANDED_OVER)),
+        ),
     )
-    source = (
+
+
+def _shipment_evidence() -> ColumnElement[str]:
+    """Which rule of shipped_condition holds (read only where it does): the invoice's why."""
+    return case(
+        (orders.c.fulfilment_status == "fulfilled", literal("the channel reports fulfilled")),
+        (exists().where(_fulfilment_rows(), outbox.c.status == "done"),
+         literal("our fulfilment push is confirmed")),
+        else_=literal("the ERP sales order is confirmed; the channel reports no fulfilment"),
+    )
+
+
+def _needs_shipment(cfg: InvoicingConfig) -> ColumnElement[bool]:
+    on_shipment = [s for s, p in cfg.channels.items() if p == "on_shipment"]
+    on_order = [s for s, p in cfg.channels.items() if p == "on_order"]
+    if cfg.policy == "on_shipment":
+        return ~orders.c.source.in_(on_order) if on_order else literal(True)
+    return orders.c.source.in_(on_shipment) if on_shipment else literal(False)
+
+
+# --- sequences ----------------------------------------------------------------------------------
+
+
+def _lock_series(conn: Connection, run_id: str, names: Sequence[str]) -> dict[str, int]:
+    """Create missing series at 0 and lock them (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+    holds the database). Taken before the pending documents are read, so a second worker waits
+    here and then sees the first one's documents: it can neither reuse a number nor skip one."""
+    if not names:
+        return {}
+    conn.execute(
+        dialect_insert(conn, document_sequences)
+        .values([{"series": n, "last_value": 0, "run_id": run_id} for n in names])
+        .on_conflict_do_nothing(index_elements=["series"])
+    )
+    q = (select(document_sequences.c.series, document_sequences.c.last_value)
+         .where(document_sequences.c.series.in_(list(names)))
+         .order_by(document_sequences.c.series))
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return {series: int(last) for series, last in conn.execute(q)}
+
+
+def _advance(conn: Connection, run_id: str, start: Mapping[str, int], now: Mapping[str, int]
+             ) -> None:
+    moved = [{"b_series": s, "b_last": n, "b_run": run_id} for s, n in now.items()
+             if n != start[s]]
+    if moved:
+        conn.execute(
+            update(document_sequences)
+            .where(document_sequences.c.series == bindparam("b_series"))
+            .values(last_value=bindparam("b_last"), run_id=bindparam("b_run")),
+            moved,
+        )
+
+
+def _plain_no(source: str, order_no: str | None, external_id: str) -> str:
+    """Python twin of outbox.order_doc_no's number part (a test holds them together)."""
+    return f"{source}-{(order_no or external_id).replace('#', '')}"
+
+
+# --- invoices -----------------------------------------------------------------------------------
+
+
+def create_invoices(engine: Engine, run_id: str,
+                    policy: str | InvoicingConfig | None = "on_order") -> int:
+    """Invoice every pushed order its channel's policy allows; return how many were created.
+
+    ``policy`` is an ``InvoicingConfig`` (or a policy name, for ``{policy: ...}`` alone). One
+    transaction: lock the company series, read the pending orders and their lines in one query
+    (ordered by ordered_at, id), tax the lines, number the invoices, insert invoices and lines,
+    advance the series. A failure writes nothing and consumes no number.
+    """
+    cfg = _as_config(policy)
+    needs_shipment = _needs_shipment(cfg)
+    no_invoice = ~exists().where(invoices.c.order_id == orders.c.id)
+    base = and_(orders.c.status == "pushed", no_invoice)
+    ready = and_(base, orders.c.currency.is_not(None), or_(~needs_shipment, shipped_condition()))
+    q = (
         select(
-            invoice_no,
-            orders.c.id,
-            orders.c.order_no,
+            orders.c.id, orders.c.source, orders.c.external_id, orders.c.order_no,
+            orders.c.currency, orders.c.total,
             # the resolved customer's code; the channel's own code only when unresolved
-            func.coalesce(customers.c.code, orders.c.customer_code),
-            orders.c.currency,
-            orders.c.total,
-            literal(datetime.now(UTC), invoices.c.issued_at.type),
-            literal(run_id, invoices.c.run_id.type),
+            func.coalesce(customers.c.code, orders.c.customer_code).label("customer_code"),
+            _shipment_evidence().label("evidence"),
+            order_lines.c.line_no, order_lines.c.sku, order_lines.c.qty, order_lines.c.unit_price,
         )
         .select_from(orders)
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
-        .where(orders.c.id.in_(pending))
+        .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
+        .where(ready)
+        .order_by(orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id,
+                  order_lines.c.line_no)
     )
-    cols = ["invoice_no", "order_id", "order_ref", "customer_code", "currency", "amount",
-            "issued_at", "run_id"]
+    now = datetime.now(UTC)
     with begin_write(engine) as conn:
-        wanted = conn.execute(select(func.count()).select_from(pending.subquery())).scalar_one()
-        stmt = dialect_insert(conn, invoices).from_select(cols, source).on_conflict_do_nothing()
-        # count what RETURNING gives back: psycopg reports rowcount -1 for INSERT ... SELECT
-        created = len(conn.execute(stmt.returning(invoices.c.id)).all())
-    if created < wanted:
-        # an invoice number clash (two orders of one source with the same number once '#' is
-        # dropped): never silent, those orders wait in `pushed` until someone looks
+        start = _lock_series(conn, run_id, [c.invoice_series for c in cfg.companies])
+        last = dict(start)
+        docs: list[dict[str, Any]] = []
+        lines: dict[int, list[dict[str, Any]]] = {}
+        unpriced = off_total = 0
+        for head, rows in _by_order(conn.execute(q)):
+            taxed = _tax_lines(cfg.tax, head.currency, rows)
+            if taxed is None:
+                unpriced += 1  # a line without qty or price: never invoice a guess
+                continue
+            net, tax, gross = totals(t for _, t in taxed)
+            basis = gross if cfg.tax.prices_include_tax else net
+            if head.total is not None and basis != head.total:
+                off_total += 1
+            company = cfg.company_for(head.source)
+            if company is not None:
+                last[company.invoice_series] += 1
+                number = company.number(company.prefix, last[company.invoice_series])
+            else:
+                number = "INV-" + _plain_no(head.source, head.order_no, head.external_id)
+            chosen = cfg.policy_for(head.source)
+            why = ("all pushes confirmed" if chosen == "on_order" else head.evidence)
+            docs.append({
+                "invoice_no": number, "order_id": head.id, "order_ref": head.order_no,
+                "customer_code": head.customer_code, "currency": head.currency,
+                "amount": gross, "net_amount": net, "tax_amount": tax, "issued_at": now,
+                "run_id": run_id, "company": company.key if company else None,
+                "policy": chosen, "prices_include_tax": cfg.tax.prices_include_tax,
+                "reason": f"{chosen} (source {head.source}): {why}",
+            })
+            lines[head.id] = [
+                {"line_no": r.line_no, "sku": r.sku, "qty": r.qty, "unit_price": r.unit_price,
+                 "net_amount": t.net, "tax_rate": t.rate, "tax_amount": t.tax,
+                 "amount": t.gross, "tax_rule": t.rule, "run_id": run_id}
+                for r, t in taxed
+            ]
+        created = _insert_invoices(conn, docs, lines)
+        _advance(conn, run_id, start, last)
+        waiting = conn.execute(
+            select(func.count()).select_from(orders).where(base, ~ready)).scalar_one()
+    if created < len(docs):
+        # a deterministic number clash (two orders of one source with the same number once '#'
+        # is dropped): never silent, those orders wait in `pushed` until someone looks
         log.warning("invoicing: %d pushed order(s) not invoiced: invoice number already taken",
-                    wanted - created)
+                    len(docs) - created)
+    if unpriced:
+        log.warning("invoicing: %d pushed order(s) not invoiced: a line has no qty or unit price",
+                    unpriced)
+    if off_total:
+        log.warning("invoicing: %d invoice(s) differ from the channel's order total (the "
+                    "invoice is built from the lines)", off_total)
+    if waiting:
+        log.info("invoicing: %d pushed order(s) wait for shipment (or have no currency)", waiting)
     return created
+
+
+def _by_order(rows: Iterable[Any]) -> Iterable[tuple[Any, list[Any]]]:
+    """(order head, its line rows) from rows sorted by order; an order without lines has []."""
+    head, group = None, []
+    for r in rows:
+        if head is None or r.id != head.id:
+            if head is not None:
+                yield head, group
+            head, group = r, []
+        if r.line_no is not None:
+            group.append(r)
+    if head is not None:
+        yield head, group
+
+
+def _tax_lines(rules: TaxRules, currency: str, rows: list[Any]) -> list[tuple[Any, LineTax]] | None:
+    if any(r.qty is None or r.unit_price is None for r in rows):
+        return None
+    return [(r, line_tax(rules, r.sku, currency, r.qty, r.unit_price)) for r in rows]
+
+
+def _insert_invoices(conn: Connection, docs: list[dict[str, Any]],
+                     lines: Mapping[int, list[dict[str, Any]]]) -> int:
+    if not docs:
+        return 0
+    stmt = (dialect_insert(conn, invoices).on_conflict_do_nothing()
+            .returning(invoices.c.id, invoices.c.order_id))
+    ids = dict((oid, iid) for iid, oid in conn.execute(stmt, docs).all())
+    skipped = [d for d in docs if d["order_id"] not in ids]
+    if any(d["company"] is not None for d in skipped):
+        # a sequence number that does not land would leave a gap: undo the whole transaction
+        taken = next(d["invoice_no"] for d in skipped if d["company"] is not None)
+        raise InvoicingError(f"invoicing: {taken} could not be inserted (number or order "
+                             "already invoiced); nothing written, no number consumed")
+    bulk_insert(conn, invoice_lines, [{**ln, "invoice_id": ids[oid]}
+                                      for oid, rows in lines.items() if oid in ids
+                                      for ln in rows])
+    return len(ids)
 
 
 def complete_invoices(engine: Engine, run_id: str) -> int:
@@ -83,3 +453,222 @@ def complete_invoices(engine: Engine, run_id: str) -> int:
     )
     with begin_write(engine) as conn:
         return transition(conn, ready, "invoiced", run_id, "invoice sent")
+
+
+def enqueue_invoices(engine: Engine, run_id: str, target: str,
+                     orders_from: Sequence[str] | None = None) -> int:
+    """Outbox rows (operation ``invoice``) for invoices not yet queued to ``target``.
+
+    The key is ``{target}:invoice:INV-{source}-{order_no}``: the order, not the invoice number
+    (the same key ``outbox.enqueue(..., "invoice", ...)`` gives an invoice numbered the
+    deterministic way, so the two can never queue one order twice). The doc carries the legal
+    number (``bill_no``/``invoice_no``), the totals and the taxed lines.
+    """
+    doc_key = order_doc_no("INV")
+    key = literal(f"{target}:invoice:") + doc_key
+    q = (
+        select(
+            invoices.c.id.label("group_id"), invoices.c.order_id, invoices.c.invoice_no,
+            invoices.c.order_ref, invoices.c.customer_code, invoices.c.currency,
+            invoices.c.issued_at, invoices.c.amount, invoices.c.net_amount,
+            invoices.c.tax_amount, invoices.c.company, invoices.c.prices_include_tax,
+            doc_key.label("business_key"), key.label("key"),
+        )
+        .join(orders, orders.c.id == invoices.c.order_id)
+        .where(~exists().where(outbox.c.idempotency_key == key),
+               *([] if orders_from is None else [orders.c.source.in_(list(orders_from))]))
+        .order_by(invoices.c.id)
+    )
+    with begin_write(engine) as conn:
+        heads = conn.execute(q).all()
+        if not heads:
+            return 0
+        by_invoice = _doc_lines(conn, heads, sign=1)
+        rows = [
+            _outbox_row(h, run_id, target, "invoice", {
+                "key": h.key, "bill_no": h.invoice_no, "invoice_no": h.invoice_no,
+                "order_ref": h.order_ref, "customer_code": h.customer_code,
+                "currency": h.currency, "issued_at": iso_utc(h.issued_at),
+                "amount": _money(h.amount, h.currency),
+                "net_amount": _money(h.net_amount, h.currency),
+                "tax_amount": _money(h.tax_amount, h.currency),
+                "company": h.company, "prices_include_tax": h.prices_include_tax,
+                "lines": by_invoice.get(h.group_id, []),
+            })
+            for h in heads
+        ]
+        return _insert_new(conn, rows)
+
+
+def _outbox_row(h: Any, run_id: str, target: str, operation: str, payload: dict[str, Any]
+                ) -> dict[str, Any]:
+    return {"idempotency_key": h.key, "business_key": h.business_key, "order_id": h.order_id,
+            "payload": payload, "target": target, "operation": operation, "status": "pending",
+            "attempts": 0, "created_at": datetime.now(UTC), "run_id": run_id}
+
+
+def _doc_lines(conn: Connection, heads: Sequence[Any], sign: int) -> dict[int, list[dict]]:
+    """Doc lines per invoice id: its taxed lines; for an invoice issued before 0005c (no taxed
+    lines) the order's lines. ``sign`` -1 reverses quantities and amounts (a credit note)."""
+    ids = [h.group_id for h in heads]
+    currency = {h.group_id: h.currency for h in heads}
+    out: dict[int, list[dict]] = {}
+    taxed = conn.execute(
+        select(invoice_lines).where(invoice_lines.c.invoice_id.in_(ids))
+        .order_by(invoice_lines.c.invoice_id, invoice_lines.c.line_no))
+    for r in taxed:
+        cur = currency[r.invoice_id]
+        out.setdefault(r.invoice_id, []).append({
+            "sku": r.sku, "qty": _qty(_signed(r.qty, sign)), "unit_price": _money(r.unit_price),
+            "amount": _money(sign * r.amount, cur),
+            "net_amount": _money(sign * r.net_amount, cur),
+            "tax_rate": format(r.tax_rate.normalize(), "f"),
+            "tax_amount": _money(sign * r.tax_amount, cur),
+        })
+    legacy = [i for i in ids if i not in out]
+    if legacy:
+        plain = conn.execute(
+            select(invoices.c.id, order_lines)
+            .join(order_lines, order_lines.c.order_id == invoices.c.order_id)
+            .where(invoices.c.id.in_(legacy))
+            .order_by(invoices.c.id, order_lines.c.line_no))
+        for r in plain:
+            out.setdefault(r[0], []).append({
+                "sku": r.sku, "qty": _qty(_signed(r.qty, sign)),
+                "unit_price": _money(r.unit_price),
+                "amount": _money(_signed(r.amount, sign), currency[r[0]]),
+            })
+    return out
+
+
+def _signed(value: Decimal | None, sign: int) -> Decimal | None:
+    return None if value is None else sign * value
+
+
+# --- returns and credit notes -------------------------------------------------------------------
+
+
+def mark_returned(engine: Engine, run_id: str, order_ids: Sequence[int], reason: str) -> int:
+    """Ops: these invoiced (or paid) orders came back -> returned; the reason is kept."""
+    with begin_write(engine) as conn:
+        return transition(conn, list(order_ids), "returned", run_id, reason)
+
+
+def apply_channel_returns(engine: Engine, run_id: str) -> int:
+    """Invoiced or paid orders whose channel now reports ``restocked`` -> returned.
+
+    A changed source order is the channel's word that the goods came back; call this after
+    ingest and before ``create_credit_notes``.
+    """
+    back = select(orders.c.id).where(orders.c.status.in_(("invoiced", "paid")),
+                                     orders.c.fulfilment_status == "restocked")
+    with begin_write(engine) as conn:
+        return transition(conn, back, "returned", run_id, "the channel reports the fulfilment "
+                          "restocked")
+
+
+def create_credit_notes(engine: Engine, run_id: str,
+                        config: InvoicingConfig | None = None) -> int:
+    """One credit note per invoice whose order is now cancelled or returned; return how many.
+
+    Negative amounts reversing the invoice in full, numbered in the invoice's company credit
+    series (``CRN-{source}-{order_no}`` for an invoice without a company), in (ordered_at, id)
+    order, in one transaction with the series. ``cause`` is the order's state; ``reason``
+    quotes the order event that put it there.
+    """
+    cfg = config or InvoicingConfig()
+    why = (
+        select(order_events.c.reason)
+        .where(order_events.c.order_id == orders.c.id, order_events.c.to_state == orders.c.status)
+        .order_by(order_events.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    q = (
+        select(invoices.c.id, invoices.c.order_id, invoices.c.invoice_no, invoices.c.company,
+               invoices.c.currency, invoices.c.amount, invoices.c.net_amount,
+               invoices.c.tax_amount, orders.c.source, orders.c.external_id, orders.c.order_no,
+               orders.c.status, why.label("why"))
+        .join(orders, orders.c.id == invoices.c.order_id)
+        .where(orders.c.status.in_(CREDIT_CAUSES),
+               ~exists().where(credit_notes.c.invoice_id == invoices.c.id))
+        .order_by(orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id)
+    )
+    now = datetime.now(UTC)
+    with begin_write(engine) as conn:
+        start = _lock_series(conn, run_id, [c.credit_series for c in cfg.companies])
+        last = dict(start)
+        rows = []
+        for r in conn.execute(q):
+            if r.company is not None:
+                company = cfg.company(r.company)
+                if company is None:
+                    raise InvoicingConfigError(
+                        f"invoicing.companies.{r.company}: invoice {r.invoice_no} was numbered "
+                        "by this company, which is no longer configured (its credit series is "
+                        "needed)")
+                last[company.credit_series] += 1
+                number = company.number(company.credit_prefix, last[company.credit_series])
+            else:
+                number = "CRN-" + _plain_no(r.source, r.order_no, r.external_id)
+            net = r.net_amount if r.net_amount is not None else r.amount
+            tax = r.tax_amount if r.tax_amount is not None else Decimal(0)
+            rows.append({
+                "credit_note_no": number, "invoice_id": r.id, "order_id": r.order_id,
+                "company": r.company, "currency": r.currency, "net_amount": -net,
+                "tax_amount": -tax, "amount": -r.amount, "cause": r.status,
+                "reason": f"order {r.status} after invoice {r.invoice_no}: "
+                          f"{r.why or 'no reason recorded'}",
+                "issued_at": now, "run_id": run_id,
+            })
+        if rows:
+            # plain INSERT: a clash must fail the transaction, never leave a hole in a series
+            conn.execute(credit_notes.insert(), rows)
+        _advance(conn, run_id, start, last)
+    return len(rows)
+
+
+def enqueue_credit_notes(engine: Engine, run_id: str, target: str) -> int:
+    """Outbox rows (operation ``credit_note``) for credit notes not yet queued to ``target``,
+    once their invoice's push to that target is confirmed (a red receivable must find the
+    original). Key ``{target}:credit_note:CRN-{source}-{order_no}``: the order, not the number.
+    """
+    doc_key = order_doc_no("CRN")
+    key = literal(f"{target}:credit_note:") + doc_key
+    invoice_sent = exists().where(
+        outbox.c.order_id == credit_notes.c.order_id, outbox.c.target == target,
+        outbox.c.operation == "invoice", outbox.c.status == "done")
+    q = (
+        select(
+            credit_notes.c.invoice_id.label("group_id"), credit_notes.c.order_id,
+            credit_notes.c.credit_note_no, credit_notes.c.company, credit_notes.c.currency,
+            credit_notes.c.net_amount, credit_notes.c.tax_amount, credit_notes.c.amount,
+            credit_notes.c.cause, credit_notes.c.reason, credit_notes.c.issued_at,
+            invoices.c.invoice_no, invoices.c.order_ref, invoices.c.customer_code,
+            invoices.c.prices_include_tax,
+            doc_key.label("business_key"), key.label("key"),
+        )
+        .join(invoices, invoices.c.id == credit_notes.c.invoice_id)
+        .join(orders, orders.c.id == credit_notes.c.order_id)
+        .where(invoice_sent, ~exists().where(outbox.c.idempotency_key == key))
+        .order_by(credit_notes.c.id)
+    )
+    with begin_write(engine) as conn:
+        heads = conn.execute(q).all()
+        if not heads:
+            return 0
+        by_invoice = _doc_lines(conn, heads, sign=-1)
+        rows = [
+            _outbox_row(h, run_id, target, "credit_note", {
+                "key": h.key, "bill_no": h.credit_note_no, "credit_note_no": h.credit_note_no,
+                "invoice_no": h.invoice_no, "order_ref": h.order_ref,
+                "customer_code": h.customer_code, "currency": h.currency,
+                "issued_at": iso_utc(h.issued_at), "amount": _money(h.amount, h.currency),
+                "net_amount": _money(h.net_amount, h.currency),
+                "tax_amount": _money(h.tax_amount, h.currency), "company": h.company,
+                "prices_include_tax": h.prices_include_tax, "cause": h.cause,
+                "reason": h.reason, "lines": by_invoice.get(h.group_id, []),
+            })
+            for h in heads
+        ]
+        return _insert_new(conn, rows)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -55,6 +56,7 @@ from warehouse.schema import (
     order_lines,
     orders,
     payments,
+    price_rules,
     prices,
     products,
     raw_records,
@@ -144,10 +146,14 @@ def lines_hash(lines: Iterable[Mapping[str, Any]]) -> str:
     return _sha256(canonical_json(key))
 
 
+# Left out of the content hash: updated_at (a source touching a record, or our own push-back
+# doing so, is not a change of its content and must not send an order back through the gate),
+# and an order's fulfilment_status (the channel's progress, stored on its own: _fulfilment_status).
+_NOT_CONTENT = frozenset({"updated_at", "fulfilment_status"})
+
+
 def _record_hash(record: Mapping[str, Any]) -> str:
-    # updated_at is left out: a source touching a record (or our own push-back doing so) is not
-    # a change of its content, and must not send an order back through the gate.
-    return content_hash({k: v for k, v in record.items() if k != "updated_at"})
+    return content_hash({k: v for k, v in record.items() if k not in _NOT_CONTENT})
 
 
 # --------------------------------------------------------------------------------- dialect
@@ -273,6 +279,8 @@ def _payment_row(rec: dict, source: str) -> dict:
         "currency": rec.get("currency"),
         "amount": rec.get("amount"),
         "received_at": rec.get("received_at"),
+        "fee": rec.get("fee"),  # a bank/processor fee the source reports, if any
+        "kind": rec.get("kind"),  # None (a payment) or "refund"
     }
 
 
@@ -288,6 +296,27 @@ def _receivable_row(rec: dict, source: str) -> dict:
         "open_amount": rec.get("open_amount"),
         "issued_at": rec.get("issued_at"),
         "due_date": rec.get("due_date"),
+    }
+
+
+def _day(value: Any) -> Any:
+    """A Date column takes a date: a datetime (as some sources send) becomes its UTC day."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is None else value.astimezone(UTC)).date()
+    return value
+
+
+def _price_rule_row(rec: dict, source: str) -> dict:
+    return {
+        "source": source,
+        "external_id": rec.get("external_id"),
+        "sku": rec.get("sku"),
+        "currency": rec.get("currency"),
+        "customer_group": rec.get("customer_group"),
+        "valid_from": _day(rec.get("valid_from")),
+        "valid_to": _day(rec.get("valid_to")),
+        "price": rec.get("price"),
+        "discount_pct": rec.get("discount_pct"),
     }
 
 
@@ -326,6 +355,9 @@ KINDS: dict[str, _Kind] = {
     "payments": _Kind(payments, ("source", "external_id"), ("currency", "amount"), _payment_row),
     "receivables": _Kind(receivables, ("source", "external_id"), ("currency", "amount"),
                          _receivable_row),
+    # group / date / discount prices (checks: price_matches_list); see docs/checks.md
+    "price_rules": _Kind(price_rules, ("source", "external_id"), ("sku", "currency"),
+                         _price_rule_row),
     # orders have their own path (lines, states, events): see _land_orders
     "orders": _Kind(orders, ("source", "external_id"), (), lambda rec, source: {}),
 }
@@ -664,6 +696,7 @@ def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> dict:
         "ship_region": rec.get("ship_region"),
         "order_date": ordered_at.astimezone(UTC).date() if ordered_at else None,
         "lines_hash": lines_hash(rec.get("lines") or []),
+        "fulfilment_status": rec.get("fulfilment_status"),
         "status": CAPTURED,
         "content_hash": chash,
         "captured_at": batch.now,
@@ -709,6 +742,7 @@ def _land_orders(
             counts.amended += 1  # already acted on: kept in raw_records, not applied
     counts.new += len(new)
     counts.changed += len(reopened)
+    _fulfilment_status(conn, batch, latest)
     if not new and not reopened:
         return
 
@@ -770,6 +804,26 @@ def _land_orders(
                 }
                 for ext, _, _ in new
             ],
+        )
+
+
+def _fulfilment_status(conn: Connection, batch: _Batch, latest: Mapping[Any, Any]) -> None:
+    """Store the channel's fulfilment status of orders we already hold, whatever their state
+    (on_shipment invoicing and the shipped notification read it). Only records whose mapper
+    reports the key; an unchanged status writes nothing (a rerun changes nothing)."""
+    rows = [
+        {"b_source": batch.source, "b_ext": ext, "b_status": rec["fulfilment_status"],
+         "b_run": batch.run_id}
+        for ext, rec, _ in latest.values() if "fulfilment_status" in rec
+    ]
+    if rows:
+        conn.execute(
+            update(orders)
+            .where(orders.c.source == bindparam("b_source"),
+                   orders.c.external_id == bindparam("b_ext"),
+                   orders.c.fulfilment_status.is_distinct_from(bindparam("b_status")))
+            .values(fulfilment_status=bindparam("b_status"), run_id=bindparam("b_run")),
+            rows,
         )
 
 

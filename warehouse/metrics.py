@@ -1,12 +1,16 @@
-"""Run figures read back from the warehouse: order states, events per run, cycle times."""
+"""Run figures read back from the warehouse: order states, events per run, cycle times.
+
+The business KPIs (cycle-time percentiles, automation, quarantine, accuracy, missed orders)
+are in ``warehouse.kpis``; ``cycle_times`` here is the run summary's view of one of them.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from warehouse import kpis
 from warehouse.schema import order_events, orders, outbox, rejected_records
 
 
@@ -47,29 +51,11 @@ def outbox_by_status(engine: Engine) -> dict[str, dict[str, int]]:
 
 
 def cycle_times(engine: Engine, run_id: str, to_state: str = "invoiced") -> dict[str, Any]:
-    """Seconds from an order's capture to reaching ``to_state`` in this run: count, p50, p95."""
-    captured = (select(order_events.c.order_id, func.min(order_events.c.at).label("at"))
-                .where(order_events.c.to_state == "captured")
-                .group_by(order_events.c.order_id).subquery())
-    reached = (select(order_events.c.order_id, func.min(order_events.c.at).label("at"))
-               .where(order_events.c.to_state == to_state, order_events.c.run_id == run_id)
-               .group_by(order_events.c.order_id).subquery())
-    q = select(captured.c.at, reached.c.at).join(reached, reached.c.order_id == captured.c.order_id)
-    with engine.connect() as conn:
-        spans = sorted(_seconds(a, b) for a, b in conn.execute(q))
-    return {"to": to_state, "count": len(spans), "p50_s": _pct(spans, 0.50),
-            "p95_s": _pct(spans, 0.95)}
+    """Seconds from an order's capture to reaching ``to_state`` in this run: count, p50, p95.
 
-
-def _seconds(start: datetime, end: datetime) -> float:
-    # SQLite hands back naive datetimes; both ends come from the same column, so compare as is.
-    if (start.tzinfo is None) != (end.tzinfo is None):
-        start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
-    return (end - start).total_seconds()
-
-
-def _pct(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return round(sorted_values[idx], 3)
+    The one definition lives in ``warehouse.kpis`` (nearest-rank percentiles, in SQL); the
+    seconds are floats here, as the run summary has always shown them."""
+    ct = kpis.cycle_time(engine, run_id, to_state)
+    for key in ("p50_s", "p95_s"):
+        ct[key] = None if ct[key] is None else float(ct[key])  # seconds: a timing, not money
+    return ct

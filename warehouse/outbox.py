@@ -13,6 +13,9 @@ Life of a row: ``pending`` -> ``sending`` (the request may have left) -> ``done`
   before creating one.
 - ``mark_done`` only on confirmed success; ``mark_failed`` puts the row back to ``pending``
   until ``max_attempts``, then ``failed`` (left for a person, never retried silently).
+- ``done`` -> ``compensated``: a rollback (flows/rollback.py) undid the remote document;
+  ``done_in_run`` lists what a run pushed, newest first. A compensated row keeps its key, so
+  enqueue never re-creates it: ``requeue_compensated`` (an ops decision) sends it again.
 """
 
 from __future__ import annotations
@@ -366,15 +369,21 @@ def mark_sending(engine: Engine, ids: Sequence[int]) -> None:
         )
 
 
-def mark_done(engine: Engine, results: Sequence[tuple[int, str | None]]) -> None:
-    """Confirmed successes: (outbox id, remote document id)."""
+def mark_done(engine: Engine, results: Sequence[tuple[int, str | None]],
+              run_id: str | None = None) -> None:
+    """Confirmed successes: (outbox id, remote document id).
+
+    ``run_id``: the run that confirmed them; it becomes the row's run_id (invariant 6: the run
+    that last wrote the row), so ``done_in_run`` - what a rollback undoes - names the run that
+    really pushed the document. None keeps the enqueuing run's id."""
     if not results:
         return
+    stamp = {} if run_id is None else {"run_id": run_id}
     stmt = (
         update(outbox)
         .where(outbox.c.id == bindparam("b_id"))
         .values(status="done", remote_id=bindparam("b_remote"), done_at=bindparam("b_at"),
-                last_error=None)
+                last_error=None, **stamp)
     )
     now = _now()
     with begin_write(engine) as conn:
@@ -426,3 +435,50 @@ def complete_pushes(engine: Engine, run_id: str) -> int:
     ready = select(orders.c.id).where(orders.c.status == "allocated", ~exists().where(outstanding))
     with begin_write(engine) as conn:
         return transition(conn, ready, "pushed", run_id, "all pushes confirmed")
+
+
+# --- rollback: compensation -------------------------------------------------------------------
+
+COMPENSATED = "compensated"  # done, then undone at the target by a rollback
+
+
+def done_in_run(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    """What a run pushed: its ``done`` rows, newest completion first (the order a rollback
+    undoes them in: an invoice before the sales order it rests on)."""
+    q = (
+        select(outbox.c.id, outbox.c.idempotency_key, outbox.c.target, outbox.c.operation,
+               outbox.c.business_key, outbox.c.order_id, outbox.c.payload, outbox.c.remote_id,
+               outbox.c.done_at)
+        .where(outbox.c.run_id == run_id, outbox.c.status == "done")
+        .order_by(outbox.c.done_at.desc(), outbox.c.id.desc())
+    )
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def mark_compensated(conn: Connection, ids: Sequence[int], run_id: str) -> int:
+    """Done rows whose remote document was undone -> ``compensated``, in the caller's
+    transaction (with the orders' moves). The rollback run becomes the rows' run_id. Only
+    ``done`` rows change, so repeating it is a no-op; returns the rows changed."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(list(ids)), outbox.c.status == "done")
+        .values(status=COMPENSATED, run_id=run_id, claimed_at=None, last_error=None)
+    )
+    return result.rowcount
+
+
+def requeue_compensated(conn: Connection, order_ids: Sequence[int], run_id: str) -> int:
+    """Compensated rows of these orders -> ``pending`` as if never sent (attempts 0, no remote
+    id), so the next drain pushes them again under the same idempotency key."""
+    if not order_ids:
+        return 0
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.order_id.in_(list(order_ids)), outbox.c.status == COMPENSATED)
+        .values(status="pending", attempts=0, remote_id=None, done_at=None, claimed_at=None,
+                last_error=None, run_id=run_id)
+    )
+    return result.rowcount

@@ -166,6 +166,29 @@ prices = Table(
     Column("run_id", RUN_ID, nullable=False),
 )
 
+# Price rules (0005a): a price and/or a discount for a sku and currency, optionally for one
+# customer group and a date window. price_matches_list takes the most specific active rule
+# over the plain list price above (docs/checks.md).
+price_rules = Table(
+    "price_rules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("external_id", String(128), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("customer_group", String(32)),  # null: every customer
+    Column("valid_from", Date),  # null: since always
+    Column("valid_to", Date),  # inclusive; null: open-ended
+    Column("price", PRICE),  # null: the list price, less the discount
+    Column("discount_pct", Numeric(9, 4)),  # percent off, 5 = 5 %; null: none
+    Column("content_hash", String(64), nullable=False),
+    Column("run_id", RUN_ID, nullable=False),
+    UniqueConstraint("source", "external_id", name="uq_price_rules_key"),
+)
+# the check looks rules up by (sku, currency) for every line of the batch
+Index("ix_price_rules_sku_currency", price_rules.c.sku, price_rules.c.currency)
+
 warehouses = Table(
     "warehouses",
     metadata,
@@ -276,6 +299,21 @@ quarantine = Table(
     _ts("created_at", nullable=False),
     Column("run_id", RUN_ID, nullable=False),
     UniqueConstraint("order_id", "check_id", name="uq_quarantine_key"),
+)
+
+# Warn-severity failures (0005a): the order passed the gate, flagged with the check, reason and
+# value. Kept apart from quarantine so that every quarantine row is an order held back.
+check_warnings = Table(
+    "check_warnings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False, index=True),
+    Column("check_id", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("value", Text),
+    _ts("created_at", nullable=False),
+    Column("run_id", RUN_ID, nullable=False, index=True),  # the report reads a run's warnings
+    UniqueConstraint("order_id", "check_id", name="uq_check_warnings_key"),
 )
 
 # --- allocation ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
 class OrderState(StrEnum):
     CAPTURED = "captured"
     QUARANTINED = "quarantined"
+    HELD = "held"  # the gate held its source's whole share of a batch (too many failures)
     VALIDATED = "validated"
     BACKORDERED = "backordered"
     ALLOCATED = "allocated"
@@ -34,25 +35,31 @@ class OrderState(StrEnum):
     PAID = "paid"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    RETURNED = "returned"  # goods came back after invoicing: a credit note reverses the invoice
 
 
 S = OrderState
 
-FINAL_STATES: frozenset[OrderState] = frozenset({S.PAID, S.REJECTED, S.CANCELLED})
+FINAL_STATES: frozenset[OrderState] = frozenset({S.PAID, S.REJECTED, S.CANCELLED, S.RETURNED})
 OPEN_STATES: frozenset[OrderState] = frozenset(OrderState) - FINAL_STATES
 
 # The one table (docs/internals.md). "Any open state -> cancelled" is added below, not repeated.
 _FORWARD: dict[OrderState, frozenset[OrderState]] = {
-    S.CAPTURED: frozenset({S.VALIDATED, S.QUARANTINED}),
+    S.CAPTURED: frozenset({S.VALIDATED, S.QUARANTINED, S.HELD}),
+    S.HELD: frozenset({S.CAPTURED, S.QUARANTINED}),  # release for a re-gate | quarantine
     S.QUARANTINED: frozenset({S.CAPTURED, S.VALIDATED, S.REJECTED}),  # release | override | reject
     S.VALIDATED: frozenset({S.ALLOCATED, S.BACKORDERED}),
     S.BACKORDERED: frozenset({S.ALLOCATED}),
     S.ALLOCATED: frozenset({S.PUSHED}),
-    S.PUSHED: frozenset({S.INVOICED}),
-    S.INVOICED: frozenset({S.PAID}),
+    S.PUSHED: frozenset({S.INVOICED, S.ALLOCATED}),  # invoice | rollback compensated its pushes
+    # paid | rollback: only the invoice was compensated (-> pushed), or the pushes too (-> allocated)
+    S.INVOICED: frozenset({S.PAID, S.PUSHED, S.ALLOCATED, S.RETURNED}),
 }
+# The only ways out of a final state: a paid order's goods may still come back (a return).
+_REVERSALS: dict[OrderState, frozenset[OrderState]] = {S.PAID: frozenset({S.RETURNED})}
 TRANSITIONS: Mapping[OrderState, frozenset[OrderState]] = {
     state: _FORWARD.get(state, frozenset()) | ({S.CANCELLED} if state in OPEN_STATES else set())
+    | _REVERSALS.get(state, frozenset())
     for state in OrderState
 }
 INITIAL_STATE = S.CAPTURED  # the only state an order enters from nothing (None)
@@ -87,7 +94,7 @@ def can_transition(from_state: OrderState | str | None, to_state: OrderState | s
         return None if dst is INITIAL_STATE else f"a new order starts as {INITIAL_STATE}, not {dst}"
     if src is dst:
         return f"already {dst}"
-    if src in FINAL_STATES:
+    if src in FINAL_STATES and dst not in TRANSITIONS[src]:
         return f"{src} is final"
     if dst not in TRANSITIONS[src]:
         allowed = ", ".join(sorted(TRANSITIONS[src]))

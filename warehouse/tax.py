@@ -1,0 +1,152 @@
+"""Tax per invoice line: which rate applies, and the line's net, tax and gross. Pure, no I/O.
+
+Rules (orderhub.yaml ``invoicing.tax``), first match wins:
+
+1. ``by_sku_prefix`` — the longest prefix of the line's SKU that is listed;
+2. ``by_currency`` — the order's currency;
+3. ``default``.
+
+Rates are fractions (``"0.13"`` is 13 %). Each line is rounded on its own, half up, to the
+currency's decimals (``warehouse.money``), and the invoice totals are the sums of the rounded
+lines, so ``net + tax == gross`` holds on every line and on the invoice:
+
+- ``prices_include_tax: false`` — ``net = round(qty * unit_price)``, ``tax = round(net * rate)``,
+  ``gross = net + tax``;
+- ``prices_include_tax: true`` — ``gross = round(qty * unit_price)``,
+  ``net = round(gross / (1 + rate))``, ``tax = gross - net`` (the customer pays the price shown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from warehouse.money import ROUNDING, decimals
+
+__all__ = ["LineTax", "TaxConfigError", "TaxRules", "line_tax", "round_money", "totals"]
+
+ZERO = Decimal(0)
+# warehouse MONEY columns are Numeric(18, 2): a 3-decimal currency is rounded to what they hold,
+# here, once, rather than silently by the database
+MAX_PLACES = 2
+
+
+class TaxConfigError(ValueError):
+    """A bad ``invoicing.tax`` entry; str() is one line naming the key."""
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """Half up to the currency's decimals (at most MAX_PLACES): the one rounding edge."""
+    places = min(decimals(currency), MAX_PLACES)
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUNDING)
+
+
+def parse_rate(value: Any, where: str) -> Decimal:
+    """A rate as a fraction in [0, 1): "0.13", 0, Decimal. Floats are refused (write "0.13")."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TaxConfigError(f"{where}: {value!r} must be a quoted decimal such as \"0.13\"")
+    try:
+        rate = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise TaxConfigError(f"{where}: {value!r} is not a decimal rate") from None
+    if not rate.is_finite() or rate < 0 or rate >= 1:
+        # 13 instead of 0.13 is the likely slip: a rate of 100 % or more is refused
+        raise TaxConfigError(f"{where}: {value!r} is not a rate in [0, 1) (13 % is \"0.13\")")
+    return rate
+
+
+@dataclass(frozen=True)
+class TaxRules:
+    """The declared rates. The zero value (no ``tax`` section) taxes nothing."""
+
+    default: Decimal = ZERO
+    by_currency: Mapping[str, Decimal] = field(default_factory=dict)
+    by_sku_prefix: Mapping[str, Decimal] = field(default_factory=dict)
+    prices_include_tax: bool = False
+
+    @classmethod
+    def from_config(cls, raw: Any, where: str = "invoicing.tax") -> TaxRules:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise TaxConfigError(f"{where}: expected a mapping of default, by_currency, "
+                                 "by_sku_prefix, prices_include_tax")
+        known = {"default", "by_currency", "by_sku_prefix", "prices_include_tax"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TaxConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                                 f"{', '.join(sorted(known))})")
+        include = raw.get("prices_include_tax", False)
+        if not isinstance(include, bool):
+            raise TaxConfigError(f"{where}.prices_include_tax: expected true or false")
+        return cls(
+            default=parse_rate(raw.get("default", "0"), f"{where}.default"),
+            by_currency=_rates(raw.get("by_currency"), f"{where}.by_currency", currency=True),
+            by_sku_prefix=_rates(raw.get("by_sku_prefix"), f"{where}.by_sku_prefix"),
+            prices_include_tax=include,
+        )
+
+    def rate_for(self, sku: str | None, currency: str) -> tuple[Decimal, str]:
+        """The rate of one line and the rule that chose it (stored with the line: the why)."""
+        if sku:
+            # longest prefix first, so "SKU-99" beats "SKU-9" whatever the file's order
+            for prefix in sorted(self.by_sku_prefix, key=len, reverse=True):
+                if sku.startswith(prefix):
+                    return self.by_sku_prefix[prefix], f"by_sku_prefix {prefix}"
+        if currency in self.by_currency:
+            return self.by_currency[currency], f"by_currency {currency}"
+        return self.default, "default"
+
+
+def _rates(raw: Any, where: str, currency: bool = False) -> dict[str, Decimal]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise TaxConfigError(f"{where}: expected a mapping of {'currency' if currency else 'prefix'}"
+                             " -> rate")
+    out: dict[str, Decimal] = {}
+    for key, value in raw.items():
+        name = str(key)
+        if currency:
+            if len(name) != 3 or not name.isalpha() or not name.isupper():
+                raise TaxConfigError(f"{where}.{name}: not a 3-letter ISO currency code")
+        elif not name:
+            raise TaxConfigError(f"{where}: an empty SKU prefix would match every line")
+        out[name] = parse_rate(value, f"{where}.{name}")
+    return out
+
+
+@dataclass(frozen=True)
+class LineTax:
+    """One invoice line's amounts (rounded) and the rule behind its rate."""
+
+    net: Decimal
+    rate: Decimal
+    tax: Decimal
+    gross: Decimal
+    rule: str
+
+
+def line_tax(rules: TaxRules, sku: str | None, currency: str, qty: Decimal,
+             unit_price: Decimal) -> LineTax:
+    """Net, tax and gross of one line (see the module docstring for the two price modes)."""
+    rate, rule = rules.rate_for(sku, currency)
+    amount = qty * unit_price
+    if rules.prices_include_tax:
+        gross = round_money(amount, currency)
+        net = round_money(gross / (1 + rate), currency)
+        return LineTax(net, rate, gross - net, gross, rule)
+    net = round_money(amount, currency)
+    tax = round_money(net * rate, currency)
+    return LineTax(net, rate, tax, net + tax, rule)
+
+
+def totals(lines: Iterable[LineTax]) -> tuple[Decimal, Decimal, Decimal]:
+    """(net, tax, gross) of an invoice: sums of its rounded lines, so net + tax == gross."""
+    net = tax = ZERO
+    for line in lines:
+        net += line.net
+        tax += line.tax
+    return net, tax, net + tax
