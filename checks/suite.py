@@ -628,71 +628,78 @@ def _credit_limit(spec: CheckSpec, dialect: str) -> str:
       invoice (and without an ERP receivable quoting their order number);
     - batch: the customer's earlier orders (by ordered_at, id) of this very batch.
     Skipped: no customer, no limit, no total, or the order in another currency than the limit.
+
+    One pass, no join on an aggregate: the batch's orders and every exposure item of their
+    customers are one stream (kind 0 = a batch order, 1..3 = the items), summed per
+    (customer, currency) by window functions - a running sum for the earlier batch orders.
+    Why: SQLite nest-loops joins onto aggregate or window subqueries when it decides not to
+    index them, which at 50 k orders took minutes; windows sort once on either database.
     """
     inc = set(spec.include)
-    customers_in_batch = f"SELECT o3.customer_id FROM {_B} AS b3 JOIN orders o3 ON o3.id = b3.id"
-    parts: list[tuple[str, str]] = []  # (column, label)
-    joins: list[str] = []
+    in_batch = f"IN (SELECT o3.customer_id FROM {_B} AS b3 JOIN orders o3 ON o3.id = b3.id)"
+    items = [
+        "SELECT o.customer_id, o.currency, 0 AS kind, o.id AS order_id, o.total AS amount, "
+        "CASE WHEN o.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, o.ordered_at "
+        f"{_FROM_BATCH} WHERE o.customer_id IS NOT NULL AND o.total IS NOT NULL"
+    ]
+    parts: list[tuple[str, str]] = []  # (window column, label)
     if "receivables" in inc:
-        mirror = (" AND NOT EXISTS (SELECT 1 FROM invoices i3 WHERE i3.invoice_no = r.invoice_no "
-                  "OR (i3.order_ref = r.order_ref AND i3.customer_code = r.customer_code))"
+        # uncorrelated IN lists (an index built once), not a lookup per row
+        mirror = (" AND NOT EXISTS (SELECT 1 FROM invoices i3 WHERE i3.invoice_no = r.invoice_no)"
+                  " AND NOT (r.order_ref IS NOT NULL AND (r.order_ref, r.customer_code) IN "
+                  "(SELECT i5.order_ref, i5.customer_code FROM invoices i5 "
+                  "WHERE i5.order_ref IS NOT NULL AND i5.customer_code IS NOT NULL))"
                   if "invoices" in inc else "")
-        joins.append(
-            "LEFT JOIN (SELECT r.customer_code, r.currency, "
-            "SUM(COALESCE(r.open_amount, r.amount)) AS amount FROM receivables r "
-            "WHERE COALESCE(r.open_amount, r.amount) > 0 "
-            f"AND r.customer_code IN (SELECT c3.code FROM customers c3 WHERE c3.id IN "
-            f"({customers_in_batch})){mirror} "
-            "GROUP BY r.customer_code, r.currency) ra "
-            "ON ra.customer_code = c.code AND ra.currency = w.currency")
-        parts.append(("COALESCE(ra.amount, 0)", "ERP receivables"))
+        items.append(
+            "SELECT c3.id, r.currency, 1, NULL, COALESCE(r.open_amount, r.amount), 0, NULL "
+            "FROM receivables r JOIN customers c3 ON c3.code = r.customer_code "
+            f"WHERE c3.id {in_batch} AND COALESCE(r.open_amount, r.amount) > 0{mirror}")
+        parts.append(("p1", "ERP receivables"))
     if "invoices" in inc:
-        joins.append(
-            "LEFT JOIN (SELECT io.customer_id, i.currency, "
-            "SUM(COALESCE(rc.outstanding, i.amount)) AS amount FROM invoices i "
-            "JOIN orders io ON io.id = i.order_id "
+        items.append(
+            "SELECT io.customer_id, i.currency, 2, NULL, COALESCE(rc.outstanding, i.amount), 0, "
+            "NULL FROM invoices i JOIN orders io ON io.id = i.order_id "
             "LEFT JOIN reconciliation rc ON rc.invoice_id = i.id "
-            f"WHERE io.customer_id IN ({customers_in_batch}) "
-            "GROUP BY io.customer_id, i.currency) ia "
-            "ON ia.customer_id = c.id AND ia.currency = w.currency")
-        parts.append(("COALESCE(ia.amount, 0)", "our invoices"))
+            f"WHERE io.customer_id {in_batch}")
+        parts.append(("p2", "our invoices"))
     if "uninvoiced" in inc:
-        states = ", ".join(f"'{s}'" for s in UNINVOICED_STATES)
-        quoted = (" AND NOT EXISTS (SELECT 1 FROM receivables r4 JOIN customers c4 "
-                  "ON c4.code = r4.customer_code WHERE c4.id = u.customer_id "
-                  "AND r4.order_ref = u.order_no)" if "receivables" in inc else "")
-        joins.append(
-            "LEFT JOIN (SELECT u.customer_id, u.currency, SUM(u.total) AS amount FROM orders u "
+        states = ", ".join(f"'{st}'" for st in UNINVOICED_STATES)
+        quoted = (" AND NOT (u.order_no IS NOT NULL AND (u.order_no, u.customer_id) IN "
+                  "(SELECT r4.order_ref, c4.id FROM receivables r4 JOIN customers c4 "
+                  "ON c4.code = r4.customer_code WHERE r4.order_ref IS NOT NULL))"
+                  if "receivables" in inc else "")
+        items.append(
+            "SELECT u.customer_id, u.currency, 3, NULL, u.total, 0, NULL FROM orders u "
             f"WHERE u.status IN ({states}) AND u.total IS NOT NULL "
-            f"AND u.customer_id IN ({customers_in_batch}) "
-            f"AND NOT EXISTS (SELECT 1 FROM invoices i4 WHERE i4.order_id = u.id){quoted} "
-            "GROUP BY u.customer_id, u.currency) ua "
-            "ON ua.customer_id = c.id AND ua.currency = w.currency")
-        parts.append(("COALESCE(ua.amount, 0)", "uninvoiced orders"))
-    # The batch's earlier orders come from a window over the batch itself, which drives the
-    # query (w): SQLite nest-loops a join onto a window subquery (batch x batch).
-    earlier = ("SUM(o.total) OVER (PARTITION BY o.customer_id, o.currency ORDER BY "
-               "CASE WHEN o.ordered_at IS NULL THEN 1 ELSE 0 END, o.ordered_at, o.id "
-               "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)" if "batch" in inc else "0")
+            f"AND u.customer_id {in_batch} "
+            f"AND NOT EXISTS (SELECT 1 FROM invoices i4 WHERE i4.order_id = u.id){quoted}")
+        parts.append(("p3", "uninvoiced orders"))
     if "batch" in inc:
-        parts.append(("COALESCE(w.earlier, 0)", "earlier orders in this batch"))
-    columns = "".join(f", {expr} AS p{n}" for n, (expr, _) in enumerate(parts))
-    open_total = " + ".join(f"x.p{n}" for n in range(len(parts))) or "0"
-    breakdown = " || ' + ' || ".join(
-        f"'{label} ' || {_money(f'x.p{n}', dialect)}" for n, (_, label) in enumerate(parts)
-    ) or "'nothing open'"
-    window = (
-        "SELECT o.id AS order_id, o.customer_id, o.total, o.currency, "
-        f"{earlier} AS earlier {_FROM_BATCH} WHERE o.customer_id IS NOT NULL"
+        parts.append(("p0", "earlier orders in this batch"))
+    sums = "".join(
+        f", SUM(CASE WHEN t.kind = {k} THEN t.amount ELSE 0 END) OVER p AS p{k}"
+        for k in (1, 2, 3)
     )
+    windows = (
+        "SELECT t.customer_id, t.currency, t.kind, t.order_id, t.amount" + sums + ", "
+        # kind 0 sorts first: the rows before a batch order are its earlier batch orders
+        "SUM(CASE WHEN t.kind = 0 THEN t.amount ELSE 0 END) OVER (PARTITION BY t.customer_id, "
+        "t.currency ORDER BY t.kind, t.undated, t.ordered_at, t.order_id "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS p0 "
+        f"FROM ({' UNION ALL '.join(items)}) t "
+        "WINDOW p AS (PARTITION BY t.customer_id, t.currency)"
+    )
+    columns = "".join(f", COALESCE(y.{col}, 0) AS {col}" for col, _ in parts)
     inner = (
-        "SELECT w.order_id, w.total, w.currency, c.credit_limit" + columns + " "
-        f"FROM ({window}) w "
-        "JOIN customers c ON c.id = w.customer_id "
-        + " ".join(joins) + " "
-        "WHERE c.credit_limit IS NOT NULL AND w.total IS NOT NULL "
-        "AND w.currency = COALESCE(NULLIF(TRIM(c.currency), ''), w.currency)"
+        "SELECT y.order_id, y.amount AS total, y.currency, c.credit_limit" + columns + " "
+        f"FROM ({windows}) y JOIN customers c ON c.id = y.customer_id "
+        "WHERE y.kind = 0 AND c.credit_limit IS NOT NULL "
+        "AND y.currency = COALESCE(NULLIF(TRIM(c.currency), ''), y.currency)"
     )
+    open_total = " + ".join(f"x.{col}" for col, _ in parts) or "0"
+    breakdown = " || ' + ' || ".join(
+        f"'{label} ' || {_money(f'x.{col}', dialect)}" for col, label in parts
+    ) or "'nothing open'"
     return (
         "SELECT x.order_id, "
         f"'open ' || {_money(f'({open_total})', dialect)} || ' + order ' || "
@@ -740,42 +747,59 @@ def _not_duplicate(spec: CheckSpec, dialect: str) -> str:
 def _duplicate_by_ids(spec: CheckSpec, dialect: str) -> str:
     """Orders of *another* source carrying one of this order's ids (``ids``: external_id and/or
     order_no, compared across both columns: a marketplace order number may be one channel's
-    external id and another's order number). The earliest such order (gated first, then by
-    ordered_at, then id) is the original; the batch order is its duplicate."""
-    batch_ids = " UNION ALL ".join(
-        f"SELECT o.id AS order_id, o.source, o.ordered_at, "
-        f"CASE WHEN o.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, TRIM(o.{f}) AS xid "
-        f"{_FROM_BATCH} WHERE COALESCE(TRIM(o.{f}), '') <> ''"
+    external id and another's order number). The original is the first-ranked order (gated
+    first, then by ordered_at, then id) of another source with that id; a batch order ranked
+    after its original is the duplicate.
+
+    Set-based in O(n log n) on both databases: candidate ids are those IN the batch's ids (an
+    ephemeral index on SQLite), then per id the candidates are ranked once (pos) and two
+    originals are known: the first-ranked order, and the first-ranked order of a source other
+    than the first's. An order's original is the first unless it is of the first's source.
+    Why no self-join: the ids are expressions (TRIM), which SQLite cannot index on the fly, so
+    a join would scan every order for every batch order."""
+    batch_xids = " UNION ".join(
+        f"SELECT TRIM(o.{f}) {_FROM_BATCH} WHERE COALESCE(TRIM(o.{f}), '') <> ''"
         for f in spec.ids
     )
-    others = " UNION ALL ".join(
-        f"SELECT e.id AS order_id, e.source, e.ordered_at, "
+    # Orders held as duplicates (quarantine open or rejected) are never originals; a captured
+    # order is judged whatever its old quarantine rows say.
+    candidates = " UNION ".join(
+        "SELECT e.id AS order_id, e.source, "
         "CASE WHEN e.status = 'captured' THEN 1 ELSE 0 END AS pending, "
-        f"CASE WHEN e.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, TRIM(e.{f}) AS xid "
-        "FROM orders e WHERE e.status <> 'rejected' "
-        f"AND COALESCE(TRIM(e.{f}), '') <> '' "
-        "AND NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.order_id = e.id "
-        "AND q.check_id = 'not_duplicate' AND q.status IN ('open', 'rejected'))"
+        "CASE WHEN e.ordered_at IS NULL THEN 1 ELSE 0 END AS undated, e.ordered_at, "
+        f"TRIM(e.{f}) AS xid FROM orders e "
+        f"WHERE TRIM(e.{f}) IN ({batch_xids}) AND e.status <> 'rejected' "
+        "AND (e.status = 'captured' OR NOT EXISTS (SELECT 1 FROM quarantine q "
+        "WHERE q.order_id = e.id AND q.check_id = 'not_duplicate' "
+        "AND q.status IN ('open', 'rejected')))"
         for f in spec.ids
     )
-    # (pending, undated, ordered_at, id) of the other order sorts before the batch order's
-    # (1, undated, ordered_at, id): a batch order is captured, so pending is 1 for it.
-    earlier = (
-        "(oe.pending = 0 OR oe.undated < ob.undated OR (oe.undated = ob.undated AND "
-        "(oe.ordered_at < ob.ordered_at OR ((oe.ordered_at = ob.ordered_at OR oe.undated = 1) "
-        "AND oe.order_id < ob.order_id))))"
+    ranked = (
+        "SELECT a.order_id, a.source, a.xid, ROW_NUMBER() OVER w AS pos, "
+        "FIRST_VALUE(a.order_id) OVER w AS first_id, FIRST_VALUE(a.source) OVER w AS first_source "
+        f"FROM ({candidates}) a "
+        "WINDOW w AS (PARTITION BY a.xid ORDER BY a.pending, a.undated, a.ordered_at, a.order_id)"
     )
+    other = "c.source <> c.first_source"
+    originals = (
+        "SELECT c.order_id, c.xid, c.pos, "
+        f"CASE WHEN {other} THEN c.first_id ELSE FIRST_VALUE(CASE WHEN {other} "
+        "THEN c.order_id END) OVER v END AS orig_id, "
+        f"CASE WHEN {other} THEN 1 ELSE FIRST_VALUE(CASE WHEN {other} THEN c.pos END) OVER v "
+        "END AS orig_pos "
+        f"FROM ({ranked}) c "
+        f"WINDOW v AS (PARTITION BY c.xid ORDER BY CASE WHEN {other} THEN 0 ELSE 1 END, c.pos)"
+    )
+    # one row per batch order: with two ids pointing at two originals, the one captured first
     return (
-        "SELECT d.order_id, f.source || ' ' || COALESCE(f.order_no, f.external_id) AS value, "
-        "'external id ' || d.xid || ' also on an earlier order from another source' AS reason "
-        "FROM (SELECT ob.order_id, ob.xid, oe.order_id AS first_id, ROW_NUMBER() OVER ("
-        "PARTITION BY ob.order_id ORDER BY oe.pending, oe.undated, oe.ordered_at, oe.order_id"
-        ") AS rn "
-        f"FROM ({batch_ids}) ob JOIN ({others}) oe "
-        "ON oe.xid = ob.xid AND oe.source <> ob.source "
-        f"WHERE {earlier}) d "
-        "JOIN orders f ON f.id = d.first_id "
-        "WHERE d.rn = 1"
+        "SELECT g.order_id, f.source || ' ' || COALESCE(f.order_no, f.external_id) AS value, "
+        "'external id ' || g.xid || ' also on an earlier order from another source' AS reason "
+        "FROM (SELECT h.order_id, h.xid, h.orig_id, "
+        "ROW_NUMBER() OVER (PARTITION BY h.order_id ORDER BY h.orig_id, h.xid) AS rn "
+        f"FROM ({originals}) h WHERE h.orig_id IS NOT NULL AND h.orig_pos < h.pos) g "
+        f"JOIN {_B} AS b ON b.id = g.order_id "
+        "JOIN orders f ON f.id = g.orig_id "
+        "WHERE g.rn = 1"
     )
 
 

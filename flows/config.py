@@ -40,6 +40,7 @@ class Settings:
     sources: dict[str, dict[str, Any]]
     checks: list[dict[str, Any]]
     allocation_rules: list[dict[str, Any]]
+    allocation: Any
     invoicing_policy: str
     invoicing: Any
     notifications: Any
@@ -127,10 +128,14 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
         if not isinstance(check, dict) or "id" not in check:
             raise _fail(path, f"checks[{i}]", "each check needs an id")
 
+    from warehouse.allocation_rules import AllocationConfig
+
     allocation = raw.get("allocation") or {}
+    try:
+        allocation_cfg = AllocationConfig.from_config(allocation)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     rules = allocation.get("rules") or [{"id": "backorder"}]
-    if not isinstance(rules, list):
-        raise _fail(path, "allocation.rules", "expected a list of rules")
 
     from warehouse.invoicing import InvoicingConfig
     from warehouse.notifications import NotificationsConfig
@@ -159,6 +164,7 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
         sources=checked_sources,
         checks=checks,
         allocation_rules=rules,
+        allocation=allocation_cfg,
         invoicing_policy=invoicing_cfg.policy,
         invoicing=invoicing_cfg,
         notifications=notifications_cfg,

@@ -103,7 +103,7 @@ def gate_task(settings: Settings, engine: Engine, run_id: str) -> Any:
 
 @task(name="allocate", cache_policy=NO_CACHE)
 def allocate_task(settings: Settings, engine: Engine, run_id: str) -> dict:
-    return allocate_mod.allocate(engine, run_id, settings.allocation_rules)
+    return allocate_mod.allocate(engine, run_id, settings.allocation)
 
 
 @task(name="enqueue", cache_policy=NO_CACHE, task_run_name="enqueue {operation} -> {target}")

@@ -44,6 +44,8 @@ def render(summary: dict[str, Any]) -> str:
                  f"{_n(v.get('quarantined', 0))} quarantined" + (f" ({failing})" if failing else ""))
     a = stages.get("allocate", {})
     rules = ", ".join(f"{k} {_n(n)}" for k, n in (a.get("lines_by_rule") or {}).items())
+    if a.get("owners_assigned"):
+        rules += f"; owners assigned {_n(a['owners_assigned'])}"
     lines.append(f"  allocate  {_n(a.get('allocated', 0))} allocated, "
                  f"{_n(a.get('backordered', 0))} backordered" + (f" (lines: {rules})" if rules else ""))
     pushes = stages.get("push", [])

@@ -449,3 +449,30 @@ def test_owners_by_territory_round_robin_and_stable_across_runs(engine):
     assert later[0]["e4"] == ("bob", "team_east", "territory")
     assert {k: v for k, v in later[0].items() if k != "e4"} == first[0]
     assert later[1] == {"team_east": 6, "team_west": 3}
+
+
+# --- two allocators at once (PostgreSQL: SKIP LOCKED) -------------------------------------------
+
+
+def test_an_allocator_skips_orders_another_one_holds(pg_engine):
+    with pg_engine.begin() as conn:
+        seed_masters(conn, [("SKU-A", "WH-E1", 3)])
+        first = add_order(conn, "a", [("SKU-A", "2")], ship_region="east")
+        second = add_order(conn, "b", [("SKU-A", "2")], ship_region="east",
+                           at=T0 + timedelta(minutes=1))
+    cfg = {"rules": RULES, "owners": OWNERS}
+    with pg_engine.connect() as other:  # another allocator is busy with the first order
+        other.execute(select(s.orders.c.id).where(s.orders.c.id == first).with_for_update())
+        assert allocate(pg_engine, RUN, cfg) == {**NOTHING, "allocated": 1, "owners_assigned": 1,
+                                                 "lines_by_rule": {"home_region": 1}}
+        other.rollback()
+    status, allocs, reserved, _, _ = state(pg_engine)
+    assert status == {first: "validated", second: "allocated"}
+    # the first order now finds what the second left: 1 of 3, so it waits; nothing reserved twice
+    assert allocate(pg_engine, RUN2, cfg)["backordered"] == 1
+    status, allocs, reserved, _, _ = state(pg_engine)
+    assert allocs[(first, 1)] == [("backorder", None, D("2.000"), "backordered")]
+    assert reserved == {("SKU-A", "WH-E1"): D(2)} and held_matches_reserved(pg_engine)
+    with pg_engine.connect() as conn:
+        assert dict(conn.execute(select(s.orders.c.id, s.orders.c.owner)).all()) == {
+            second: "alice", first: "bob"}  # the counter continued across the two runs
