@@ -650,10 +650,15 @@ def _credit_limit(spec: CheckSpec, dialect: str) -> str:
                   "(SELECT i5.order_ref, i5.customer_code FROM invoices i5 "
                   "WHERE i5.order_ref IS NOT NULL AND i5.customer_code IS NOT NULL))"
                   if "invoices" in inc else "")
+        # filtered by the receivable's own code: "c3.id IN (...)" next to "c3.code = ..." made
+        # SQLite walk the whole IN list for every receivable
+        codes = (f"SELECT c5.code FROM {_B} AS b5 JOIN orders o5 ON o5.id = b5.id "
+                 "JOIN customers c5 ON c5.id = o5.customer_id")
         items.append(
             "SELECT c3.id, r.currency, 1, NULL, COALESCE(r.open_amount, r.amount), 0, NULL "
             "FROM receivables r JOIN customers c3 ON c3.code = r.customer_code "
-            f"WHERE c3.id {in_batch} AND COALESCE(r.open_amount, r.amount) > 0{mirror}")
+            f"WHERE r.customer_code IN ({codes}) AND COALESCE(r.open_amount, r.amount) > 0"
+            f"{mirror}")
         parts.append(("p1", "ERP receivables"))
     if "invoices" in inc:
         items.append(

@@ -20,7 +20,7 @@ from connectors.registry import CONNECTORS
 
 # Which canonical streams each role pulls, and the order ingest takes them in: masters before
 # orders (customer and price checks need them), payments last.
-PULL_ROLES = ("customers", "prices", "stock", "orders", "payments")
+PULL_ROLES = ("customers", "prices", "price_rules", "stock", "orders", "receivables", "payments")
 PUSH_ROLES = ("fulfilment_target", "sales_order_target", "invoice_target")
 SOURCE_KEYS = {"system", "base_url", "auth", "roles", "options", "rate_limit", "lookback_seconds",
                "timeout", "retry"}
@@ -149,6 +149,13 @@ def load_settings(path: str | Path = "orderhub.yaml", root: Path | None = None) 
         raise ConfigError(f"{path}: {exc}") from None
 
     _check_ops_sections(path, raw)
+    from checks.suite import load_gate, load_suite  # light: no Great Expectations here
+
+    try:
+        load_suite(checks)
+        load_gate(raw.get("gate"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     from warehouse.reconcile_rules import ReconcileRules
 
     try:

@@ -34,7 +34,7 @@ from warehouse import reconcile as reconcile_mod
 from warehouse.engine import make_engine, migrate
 
 DEFAULT_CONFIG = "orderhub.yaml"
-INGEST_ROLES = ("customers", "prices", "stock", "orders")
+INGEST_ROLES = ("customers", "prices", "price_rules", "stock", "orders", "receivables")
 
 
 @cache
@@ -94,11 +94,18 @@ def pull_task(settings: Settings, engine: Engine, run_id: str, source: str, stre
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(settings: Settings, engine: Engine, run_id: str) -> Any:
-    from checks.gate import run_gate  # Great Expectations loads only when a gate runs
-    from checks.suite import load_suite
+    from checks.gate import GateError, run_gate  # Great Expectations loads only when a gate runs
+    from checks.suite import load_gate, load_suite
 
     load.resolve_customers(engine, run_id)
-    return run_gate(engine, run_id, load_suite(settings.checks))
+    try:
+        result = run_gate(engine, run_id, load_suite(settings.checks),
+                          load_gate(settings.raw.get("gate")))
+    except GateError as exc:
+        alerts.alert_gate_error(settings, engine, run_id, exc)
+        raise
+    alerts.alert_gate(settings, engine, run_id, result)  # failed checks, held batches
+    return result
 
 
 @task(name="allocate", cache_policy=NO_CACHE)
@@ -277,7 +284,8 @@ def run_summary(settings: Settings, engine: Engine, rid: str, stages: dict) -> d
     rejected = sum(p["rejected"] for p in order_pulls)
     held = sum(p["unchanged"] + p.get("amended", 0) for p in order_pulls)
     loaded = entered.get("validated", 0)
-    quarantined = entered.get("quarantined", 0)
+    # a held batch is neither loaded nor quarantined: it waits, whole, for ops
+    quarantined = entered.get("quarantined", 0) + entered.get("held", 0)
     return {
         "run_id": rid,
         "streams": pulled,

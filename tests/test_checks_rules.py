@@ -15,6 +15,7 @@ runs), which keeps the module fast.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -528,7 +529,13 @@ def test_threshold_holds_only_the_failing_source_and_release_regates(
               "top checks sku_known 2, qty_positive 1")
     assert (hold.source, hold.evaluated, hold.failed, hold.held, hold.reason) == (
         "shop", 10, 3, 10, reason)
-    assert result.summary()["holds"][0]["percent"] == "30.0"
+    summary = json.loads(json.dumps(result.summary()))  # JSON-safe: alerts, lineage, artifacts
+    assert summary["held"] is True and summary["held_orders"] == 10
+    assert summary["holds"][0] == {
+        "source": "shop", "evaluated": 10, "failed": 3, "percent": "30.0", "limit": "20",
+        "held": 10, "top_checks": [{"check": "sku_known", "failed": 2},
+                                   {"check": "qty_positive", "failed": 1}],
+        "reason": reason}
     # nothing of the held share is quarantined; its events carry the numbers
     assert not {r["source"] for r in quarantine_table(wh, run_id)} & {"shop"}
     with wh.connect() as conn:

@@ -20,12 +20,16 @@ S = OrderState
 # docs/internals.md, written out once more by hand: the table must say exactly this.
 DOCUMENTED = {
     (S.CAPTURED, S.VALIDATED), (S.CAPTURED, S.QUARANTINED),
+    (S.CAPTURED, S.HELD), (S.HELD, S.CAPTURED), (S.HELD, S.QUARANTINED),  # batch threshold
     (S.QUARANTINED, S.CAPTURED), (S.QUARANTINED, S.VALIDATED), (S.QUARANTINED, S.REJECTED),
     (S.VALIDATED, S.ALLOCATED), (S.VALIDATED, S.BACKORDERED),
     (S.BACKORDERED, S.ALLOCATED),
     (S.ALLOCATED, S.PUSHED),
     (S.PUSHED, S.INVOICED),
     (S.INVOICED, S.PAID),
+    # rollback compensates pushes and invoices
+    (S.PUSHED, S.ALLOCATED), (S.INVOICED, S.PUSHED), (S.INVOICED, S.ALLOCATED),
+    (S.INVOICED, S.RETURNED), (S.PAID, S.RETURNED),  # returns after invoicing: credit notes
 } | {(state, S.CANCELLED) for state in OPEN_STATES}
 
 
@@ -49,15 +53,16 @@ def test_every_pair_allowed_or_explained(src: OrderState, dst: OrderState) -> No
 
 
 def test_final_states_go_nowhere() -> None:
-    assert FINAL_STATES == {S.PAID, S.REJECTED, S.CANCELLED}
+    assert FINAL_STATES == {S.PAID, S.REJECTED, S.CANCELLED, S.RETURNED}
     for state in FINAL_STATES:
-        assert TRANSITIONS[state] == frozenset()
+        # a paid order can still come back as a return (then a credit note); nothing else moves
+        assert TRANSITIONS[state] == ({S.RETURNED} if state is S.PAID else frozenset())
         assert can_transition(state, S.CAPTURED) == f"{state} is final"
 
 
 def test_reasons_read_well() -> None:
     assert can_transition("captured", "paid") == (
-        "captured cannot become paid (allowed: cancelled, quarantined, validated)"
+        "captured cannot become paid (allowed: cancelled, held, quarantined, validated)"
     )
     assert can_transition("validated", "validated") == "already validated"
     assert can_transition("bogus", "validated") == "unknown state 'bogus'"
@@ -75,6 +80,6 @@ def test_strings_and_enum_are_interchangeable() -> None:
 
 
 def test_allowed_from() -> None:
-    assert allowed_from("allocated") == {S.VALIDATED, S.BACKORDERED}
-    assert allowed_from(S.CAPTURED) == {S.QUARANTINED}
+    assert allowed_from("allocated") == {S.VALIDATED, S.BACKORDERED, S.PUSHED, S.INVOICED}
+    assert allowed_from(S.CAPTURED) == {S.QUARANTINED, S.HELD}
     assert allowed_from("cancelled") == OPEN_STATES

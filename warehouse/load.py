@@ -81,7 +81,8 @@ __all__ = [
 
 CAPTURED = OrderState.CAPTURED.value
 # A changed order in one of these states has not been acted on yet: take the new version.
-REOPENABLE = (OrderState.CAPTURED.value, OrderState.QUARANTINED.value)
+# An order amended at the source goes back through the gate while nobody has acted on it yet.
+REOPENABLE = (OrderState.CAPTURED.value, OrderState.QUARANTINED.value, OrderState.HELD.value)
 
 
 @dataclass
