@@ -551,7 +551,14 @@ def test_start_sandbox_serves_each_fake(small: Dataset, system: str) -> None:
         src = sb.sources()[system]
         assert src["base_url"].startswith(url)
         assert isinstance(src["auth"], dict) and isinstance(src["options"], dict)
-        if not getattr(sb.apps[system], "serves_http", True):  # a file drop: a prepared folder
+        folder = None
+        if url.startswith("smtp://"):  # a mail server: it answers with its SMTP greeting
+            import smtplib
+
+            host, port = url.removeprefix("smtp://").rsplit(":", 1)
+            with smtplib.SMTP(host, int(port), timeout=5) as smtp:
+                assert smtp.noop()[0] == 250
+        elif not getattr(sb.apps[system], "serves_http", True):  # a file drop: a folder
             folder = Path(url.removeprefix("file://"))
             assert url.startswith("file:///") and folder.is_dir()
         else:
@@ -561,5 +568,5 @@ def test_start_sandbox_serves_each_fake(small: Dataset, system: str) -> None:
             except urllib.error.HTTPError:
                 pass
     assert sb.servers == {}
-    if not getattr(sb.apps[system], "serves_http", True):
+    if folder is not None:
         assert not folder.exists()  # stop() cleaned it up
