@@ -58,7 +58,8 @@ def kpi_section_html(engine: Engine, run_id: str, kpis: Mapping[str, Any] | None
         "<h2>KPIs</h2>",
         '<div class="charts">',
         _figure("Cycle time from capture (this run)", _cycle_svg(k["cycle_time"])),
-        _figure("Quarantine rate by check (this run)", _quarantine_svg(k["quarantine"])),
+        _figure("Quarantine rate by check (this run; the longest bar is the highest rate)",
+                _quarantine_svg(k["quarantine"])),
         "</div>",
         "<h3>This run</h3>",
         _run_table(k, daily),
@@ -87,7 +88,7 @@ def _cycle_svg(cycle: Mapping[str, Mapping[str, Any]]) -> str:
     y = 4
     for stage in STAGES:
         ct = cycle.get(stage) or {}
-        rows.append(f'<text x="0" y="{y + 15}">to {_e(stage)} ({ct.get("count", 0)})</text>')
+        rows.append(f'<text x="0" y="{y + 15}">to {_e(stage)} ({ct.get("count", 0):,})</text>')
         for key, colour in (("p50_s", P50), ("p95_s", P95)):
             rows.append(_bar(LABEL_W, y, ct.get(key), top, colour,
                              f"{key[:3]} {_duration(ct.get(key))}"))
@@ -111,7 +112,7 @@ def _quarantine_svg(q: Mapping[str, Any]) -> str:
     for check, v in checks.items():
         rows.append(f'<text x="0" y="{y + 15}">{_e(check)}</text>')
         rows.append(_bar(LABEL_W, y, v["rate"], top, QUAR,
-                         f"{_pct(v['rate'])} ({v['quarantined']} of {q['gated']})"))
+                         f"{_pct(v['rate'])} ({v['quarantined']:,} of {q['gated']:,})"))
         y += ROW_H
     return _svg(y + 4, "".join(rows), "quarantine rate by check")
 
@@ -147,26 +148,26 @@ def _run_table(k: Mapping[str, Any], daily: Sequence[Mapping[str, Any]]) -> str:
         ct = k["cycle_time"].get(stage) or {}
         rows.append((f"Cycle time, capture to {stage} (p50 / p95)",
                      f"{_duration(ct.get('p50_s'))} / {_duration(ct.get('p95_s'))}",
-                     f"{ct.get('count', 0)} orders reached {stage} in this run"))
+                     f"{ct.get('count', 0):,} orders reached {stage} in this run"))
     a = k["automation"]
     rows.append(("Automation rate", _pct(a["rate"]),
-                 f"{a['automated']} of {a['captured']} orders captured in this run went through "
+                 f"{a['automated']:,} of {a['captured']:,} orders captured in this run went through "
                  "with no human touch"))
     q = k["quarantine"]
-    rows.append(("Quarantine rate", _pct(q["rate"]), f"{q['quarantined']} of {q['gated']} gated"))
+    rows.append(("Quarantine rate", _pct(q["rate"]), f"{q['quarantined']:,} of {q['gated']:,} gated"))
     for check, v in (q.get("by_check") or {}).items():
-        rows.append((f"&nbsp;&nbsp;{_e(check)}", _pct(v["rate"]), f"{v['quarantined']} orders"))
+        rows.append((f"&nbsp;&nbsp;{_e(check)}", _pct(v["rate"]), f"{v['quarantined']:,} orders"))
     acc = k.get("accuracy")
     if acc is not None:
         rows.append(("Data accuracy", _pct(acc["rate"]),
-                     f"{acc['accurate']} of {acc['orders']} orders: stored total = lines = source"))
+                     f"{acc['accurate']:,} of {acc['orders']:,} orders: stored total = lines = source"))
     else:
         rows.append(_from_daily("Data accuracy", "accuracy_rate", daily, "accurate"))
     m = k.get("missed")
     if m:
         cls = "" if m.get("ok") else ' class="bad"'
         rows.append(("Missed orders", f"<span{cls}>{_e(m.get('missed'))}</span>",
-                     f"{m.get('missed')} of {m.get('source_count')} orders at the sources "
+                     f"{m.get('missed') or 0:,} of {m.get('source_count') or 0:,} orders at the sources "
                      f"({_pct(m.get('rate'))})"))
     else:
         rows.append(_from_daily("Missed orders", "missed_rate", daily, "missed"))
@@ -184,7 +185,7 @@ def _from_daily(name: str, metric: str, daily: Sequence[Mapping[str, Any]],
         return (name, "-", "not measured")
     r = found[-1]
     return (name, _pct(r["value"]),
-            f"{r['numerator']} {what} of {r['denominator']} (daily figure of {r['day']})")
+            f"{r['numerator']:,} {what} of {r['denominator']:,} (daily figure of {r['day']})")
 
 
 def _daily_table(daily: Sequence[Mapping[str, Any]]) -> str:

@@ -132,9 +132,11 @@ def check_summary(engine: Engine, run_id: str) -> list[dict[str, Any]]:
         ]
 
 
-def write_report(engine: Engine, run_id: str, path: str | Path) -> Path:
+def write_report(engine: Engine, run_id: str, path: str | Path,
+                 kpis: dict[str, Any] | None = None) -> Path:
     """Write the run's HTML report to ``path`` (a file, or a folder to put
-    ``checks-<run_id>.html`` in) and return the file's path."""
+    ``checks-<run_id>.html`` in) and return the file's path. With ``kpis`` (the run's figures)
+    the page opens with the KPI section and its chart."""
     path = Path(path)
     if path.is_dir() or not path.suffix:
         path = path / f"checks-{run_id}.html"
@@ -145,6 +147,11 @@ def write_report(engine: Engine, run_id: str, path: str | Path) -> Path:
                                    .where(quarantine.c.run_id == run_id)).scalar()
     page = _page(run_id, started, check_summary(engine, run_id), quarantine_table(engine, run_id),
                  warning_table(engine, run_id), held_table(engine, run_id))
+    if kpis is not None:
+        from checks.kpi_chart import kpi_section_html
+
+        page = page.replace("<h2>Checks</h2>", kpi_section_html(engine, run_id, kpis)
+                            + "\n<h2>Checks</h2>", 1)
     _write_atomically(path, page)
     return path
 

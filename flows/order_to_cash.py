@@ -29,7 +29,7 @@ from flows.config import Settings, load_settings
 from flows.console import progress
 from flows.lineage import LineageWriter, dataset
 from warehouse import allocate as allocate_mod
-from warehouse import exports, invoicing, load, metrics, notifications, outbox, runs
+from warehouse import exports, invoicing, kpis, load, metrics, notifications, outbox, runs
 from warehouse import reconcile as reconcile_mod
 from warehouse.engine import make_engine, migrate
 
@@ -262,8 +262,9 @@ def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
             stages[name] = stage(config_path, rid)
             stages.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 2)
         summary = run_summary(settings, engine, rid, stages)
+        summary.update(_kpis(settings, engine, rid))
         summary["seconds"] = round(time.monotonic() - started, 2)
-        summary["report"] = str(_write_report(settings, engine, rid))
+        summary["report"] = str(_write_report(settings, engine, rid, summary["kpis"]))
         summary["lineage"] = str(lineage.path)
     except Exception as exc:
         lineage.emit("FAIL", "order_to_cash", rid, error=str(exc))
@@ -301,10 +302,21 @@ def run_summary(settings: Settings, engine: Engine, rid: str, stages: dict) -> d
     }
 
 
-def _write_report(settings: Settings, engine: Engine, rid: str) -> Path:
+def _kpis(settings: Settings, engine: Engine, rid: str) -> dict[str, Any]:
+    """The business's figures for this run; the missed-order audit asks each source itself."""
+    from flows.audit import audit_sources, source_total_readers
+
+    progress("kpis ...")
+    readers = source_total_readers(settings)
+    audit = audit_sources(settings, engine, rid)
+    kpis.refresh_daily(engine, rid, readers=readers)
+    return {"audit": audit, "kpis": kpis.run_kpis(engine, rid, readers=readers, audit=audit)}
+
+
+def _write_report(settings: Settings, engine: Engine, rid: str, figures: dict) -> Path:
     from checks.report import write_report
 
-    return write_report(engine, rid, settings.reports_dir / f"{rid}.html")
+    return write_report(engine, rid, settings.reports_dir / f"{rid}.html", kpis=figures)
 
 
 def lineage_run(rid: str, *parts: str) -> str:

@@ -72,6 +72,17 @@ def render(summary: dict[str, Any]) -> str:
         if ct.get("count"):
             lines.append(f"  cycle     captured -> {stage}: p50 {ct['p50_s']} s, p95 {ct['p95_s']} s "
                          f"({_n(ct['count'])} orders)")
+    k = summary.get("kpis")
+    if k:
+        def pct(x: Any) -> str:
+            return "n/a" if x is None else f"{float(x) * 100:.1f}%"  # display only, never money
+
+        acc = k.get("accuracy") or {}
+        missed = k.get("missed") or {}
+        lines.append(f"  kpis      automation {pct(k['automation'].get('rate'))}, quarantine "
+                     f"{pct(k['quarantine'].get('rate'))}, accuracy {pct(acc.get('rate'))}, "
+                     f"missed orders {missed.get('missed', 'n/a')} of "
+                     f"{_n(missed.get('source_count', 0))} at the sources")
     for key in ("report", "lineage"):
         if summary.get(key):
             lines.append(f"  {key:<9} {_rel(summary[key])}")

@@ -123,3 +123,25 @@ def test_orderhub_kpis_audit_prints_the_missed_orders(world, capsys):
     out = capsys.readouterr().out
     assert f"kingdee: 1 missing: {victim}" in out
     assert "missed orders  1 of " in out and "[CHECK]" in out
+
+
+def test_gate_kpis_match_the_seeded_truth(world, dataset):
+    """Through the real quality gate: every planted defect is quarantined under its one check,
+    and every other loaded order went through untouched."""
+    from collections import Counter
+
+    from checks.gate import run_gate
+    from checks.suite import load_suite
+    from warehouse.load import resolve_customers
+
+    settings, engine, _, _ = world
+    resolve_customers(engine, RUN)
+    run_gate(engine, RUN, load_suite(settings.checks))
+    k = kpis.run_kpis(engine, RUN)
+    loaded = sum(len(v) for v in dataset.orders.values()) - len(dataset.truth.rejected)
+    planted = Counter(dataset.truth.defects.values())
+    q = k["quarantine"]
+    assert (q["gated"], q["quarantined"]) == (loaded, sum(planted.values()))
+    assert {c: v["quarantined"] for c, v in q["by_check"].items()} == dict(planted)
+    a = k["automation"]
+    assert (a["captured"], a["automated"]) == (loaded, loaded - sum(planted.values()))

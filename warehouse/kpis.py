@@ -57,7 +57,6 @@ from sqlalchemy import (
     extract,
     false,
     func,
-    insert,
     literal,
     not_,
     or_,
@@ -68,6 +67,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Date as SqlDate
+from sqlalchemy.dialects import postgresql, sqlite
 
 from warehouse.engine import begin_write, in_values
 from warehouse.schema import (
@@ -227,14 +227,17 @@ def days_touched(engine: Engine, run_id: str) -> list[date]:
     with engine.connect() as conn:
         d = conn.dialect.name
         ev, cap = order_events.alias("ev"), order_events.alias("cap")
-        moved = union(select(ev.c.order_id).where(ev.c.run_id == run_id),
-                      select(ops_actions.c.order_id).where(ops_actions.c.run_id == run_id,
-                                                           ops_actions.c.order_id.is_not(None)))
+        initial = and_(cap.c.from_state.is_(None), cap.c.to_state == "captured")
+        # joins on order_id (indexed on both sides), not IN (...): a plan that stays sane even
+        # before the database has statistics of freshly loaded tables
         q = union(
             select(_day(ev.c.at, d).label("day")).where(ev.c.run_id == run_id),
-            select(_day(cap.c.at, d).label("day")).where(
-                cap.c.from_state.is_(None), cap.c.to_state == "captured",
-                cap.c.order_id.in_(moved.scalar_subquery())),
+            select(_day(cap.c.at, d)).select_from(
+                ev.join(cap, and_(cap.c.order_id == ev.c.order_id, initial)))
+            .where(ev.c.run_id == run_id),
+            select(_day(cap.c.at, d)).select_from(
+                ops_actions.join(cap, and_(cap.c.order_id == ops_actions.c.order_id, initial)))
+            .where(ops_actions.c.run_id == run_id),
         )
         return sorted({_as_date(day) for day in conn.scalars(q) if day is not None})
 
@@ -582,7 +585,13 @@ def _write(engine: Engine, run_id: str, days: Sequence[date], rows: Sequence[Kpi
         stale = [old.id for key, old in have.items()
                  if key not in new and old.metric.split(".")[0] in families]
         if inserts:
-            conn.execute(insert(t), inserts)
+            # ON CONFLICT: a concurrent refresh of the same day may have inserted it meanwhile
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(t)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[t.c.day, t.c.source, t.c.metric],
+                set_={c: stmt.excluded[c] for c in ("value", "numerator", "denominator", "run_id")},
+            ), inserts)
         if updates:
             conn.execute(update(t).where(t.c.id == bindparam("kid")), updates)
         if stale:
