@@ -318,6 +318,9 @@ def _validate_with_ge(engine: Engine, run_id: str, specs: Sequence[CheckSpec], b
     except Exception as exc:  # noqa: BLE001 - any import failure means the gate cannot run
         raise GateError(f"gate run {run_id}: Great Expectations cannot be imported "
                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+    # GE pins this module's logger at INFO on import ("Created temporary directory ... for
+    # ephemeral docs site"): a line our users should not see on every run.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     dialect = engine.dialect.name
     datasource = None

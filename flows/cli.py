@@ -24,6 +24,7 @@ def _quiet_environment() -> None:
     """No telemetry, no third-party chatter: our own progress lines are the output."""
     defaults = {
         "PREFECT_LOGGING_LEVEL": "CRITICAL",
+        "PREFECT_LOGGING_ROOT_LEVEL": "WARNING",  # Prefect's root handler would show GE's INFO
         "PREFECT_LOGGING_SERVER_LEVEL": "CRITICAL",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",

@@ -21,6 +21,8 @@ def enable(verbose: bool = False) -> None:
     # Retries after 429/5xx are normal operation (the client honours Retry-After); show them
     # only when asked. A source that stays down still ends in one clear error line.
     logging.getLogger("orderhub.http").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # Great Expectations announces its temporary docs folder at INFO: not our users' business.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def progress(message: str, *args: object) -> None:

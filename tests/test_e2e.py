@@ -102,6 +102,7 @@ def test_demo_command_is_clean(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         text = out.stdout + out.stderr
         assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
+        assert "| INFO" not in text and "| WARNING" not in text, text[-3000:]  # no library logs
         assert "[balanced]" in out.stdout
         if attempt == 1:
             assert "nothing new" in out.stdout
