@@ -14,8 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from warehouse.engine import begin_write
-from warehouse.outbox import dialect_insert
+from warehouse.engine import begin_write, dialect_insert
 from warehouse.runs import json_safe
 from warehouse.schema import alerts, payment_reconciliation, payments
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
@@ -164,6 +165,11 @@ def copy_rows(conn: Connection, target: str, table: Table, rows: Sequence[Mappin
 
 def _json_text(value: Any) -> str | None:
     return value if value is None or isinstance(value, str) else _json_dumps(value)
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """INSERT with ON CONFLICT support for the connection's dialect (SQLite or PostgreSQL)."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -45,9 +45,9 @@ from sqlalchemy import (
     update,
 )
 
-from warehouse.engine import begin_write, bulk_insert
+from warehouse.engine import begin_write, bulk_insert, dialect_insert
 from warehouse.orders import transition
-from warehouse.outbox import _insert_new, _money, _qty, dialect_insert, iso_utc, order_doc_no
+from warehouse.outbox import _insert_new, _money, _qty, iso_utc, order_doc_no
 from warehouse.schema import (
     credit_notes,
     customers,

@@ -67,9 +67,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Date as SqlDate
-from sqlalchemy.dialects import postgresql, sqlite
 
-from warehouse.engine import begin_write, in_values
+from warehouse.engine import begin_write, dialect_insert, in_values
 from warehouse.schema import (
     kpi_daily,
     ops_actions,
@@ -586,8 +585,7 @@ def _write(engine: Engine, run_id: str, days: Sequence[date], rows: Sequence[Kpi
                  if key not in new and old.metric.split(".")[0] in families]
         if inserts:
             # ON CONFLICT: a concurrent refresh of the same day may have inserted it meanwhile
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(t)
+            stmt = dialect_insert(conn, t)
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=[t.c.day, t.c.source, t.c.metric],
                 set_={c: stmt.excluded[c] for c in ("value", "numerator", "denominator", "run_id")},

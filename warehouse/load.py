@@ -43,10 +43,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
-from sqlalchemy.dialects import postgresql, sqlite
 
 from connectors.base import Cursor, RawRecord
-from warehouse.engine import begin_write, bulk_insert, copy_rows, in_values, json_default
+from warehouse.engine import begin_write, bulk_insert, copy_rows, dialect_insert, in_values, json_default
 from warehouse.money import ROUNDING, MoneyError, decimals
 from warehouse.orders import transition
 from warehouse.schema import (
@@ -160,16 +159,8 @@ def _record_hash(record: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------- dialect
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 # Below this many rows one statement is cheaper than COPY into a staging table and back.
 COPY_MIN_ROWS = 200
-
-# allocate.py imports this name; new code should call warehouse.engine.bulk_insert.
-_bulk_insert = bulk_insert
 
 
 def _upsert(
@@ -187,7 +178,7 @@ def _upsert(
     """
     if not rows:
         return
-    stmt = _insert(conn, table)
+    stmt = dialect_insert(conn, table)
     staged = conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS
     if staged:
         names = list(rows[0])

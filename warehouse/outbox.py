@@ -41,9 +41,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from warehouse.engine import begin_write, json_default
+from warehouse.engine import begin_write, dialect_insert, json_default
 from warehouse.money import quantize
 from warehouse.orders import transition
 from warehouse.schema import allocations, customers, invoices, order_lines, orders, outbox
@@ -79,11 +78,6 @@ def order_doc_no(prefix: str) -> ColumnElement[str]:
 def _key_expr(target: str, operation: str, business_key: ColumnElement[str]) -> ColumnElement[str]:
     # must spell exactly what idempotency_key() spells (a test holds them together)
     return literal(f"{target}:{operation}:") + business_key
-
-
-def dialect_insert(conn: Connection, table: Any) -> Any:
-    """INSERT with ON CONFLICT support for the connection's dialect (SQLite or PostgreSQL)."""
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _now() -> datetime:

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from warehouse.engine import in_values
+from warehouse.engine import dialect_insert, in_values
 from warehouse.schema import orders, owner_counters
 
 OWNER_KEYS = ("territories", "teams", "default_team")
@@ -169,8 +168,7 @@ def lock_counters(conn: Connection, teams: Iterable[str], run_id: str) -> dict[s
     wanted = sorted(set(teams))
     if not wanted:
         return {}
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(owner_counters)
+    conn.execute(dialect_insert(conn, owner_counters)
                  .values([{"team": t, "assigned": 0, "run_id": run_id} for t in wanted])
                  .on_conflict_do_nothing(index_elements=[owner_counters.c.team]))
     q = (select(owner_counters.c.team, owner_counters.c.assigned)
