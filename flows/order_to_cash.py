@@ -85,11 +85,14 @@ def _wh(settings: Settings) -> str:
 
 @task(name="pull", cache_policy=NO_CACHE, task_run_name="pull {source}/{stream}")
 def pull_task(settings: Settings, engine: Engine, run_id: str, source: str, stream: str) -> dict:
+    started = time.monotonic()
     try:
-        return ingest_mod.pull_stream(settings, engine, run_id, source, stream)
+        counts = ingest_mod.pull_stream(settings, engine, run_id, source, stream)
     except SourceError as exc:
         alerts.alert_source_unreachable(settings, engine, run_id, source, exc, stream)
         raise
+    counts["seconds"] = round(time.monotonic() - started, 2)
+    return counts
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -125,10 +128,9 @@ def drain_task(settings: Settings, engine: Engine, run_id: str, target: str,
     return push_mod.drain(settings, engine, run_id, target, operation)
 
 
-# --- stage flows ----------------------------------------------------------------------------
+# --- stage bodies ----------------------------------------------------------------------------
 
-@flow(name="ingest")
-def ingest(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
+def run_ingest(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
            roles: list[str] | None = None) -> list[dict]:
     """Pull every declared source stream: masters first, then orders in the file's order."""
     with _stage(config_path, "ingest", run_id) as (settings, engine, rid, io):
@@ -143,8 +145,7 @@ def ingest(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
         return results
 
 
-@flow(name="validate")
-def validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+def run_validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
     """Gate the staged (captured) orders; failing ones go to quarantine with check and reason."""
     with _stage(config_path, "validate", run_id) as (settings, engine, rid, io):
         result = gate_task(settings, engine, rid)
@@ -158,8 +159,7 @@ def validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> di
         return summary
 
 
-@flow(name="allocate")
-def allocate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+def run_allocate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
     """Reserve stock for validated orders by the declared rules; record the rule per line."""
     with _stage(config_path, "allocate", run_id) as (settings, engine, rid, io):
         result = allocate_task(settings, engine, rid)
@@ -169,8 +169,7 @@ def allocate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> di
         return result
 
 
-@flow(name="push")
-def push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[dict]:
+def run_push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[dict]:
     """Send fulfilments to each order's own channel and sales orders to the ERP, exactly once."""
     with _stage(config_path, "push", run_id) as (settings, engine, rid, io):
         results = []
@@ -188,8 +187,7 @@ def push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[d
         return results
 
 
-@flow(name="invoice")
-def invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+def run_invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
     """Invoice pushed orders by the policy and send the receivables to the finance system."""
     with _stage(config_path, "invoice", run_id) as (settings, engine, rid, io):
         invoicing.apply_channel_returns(engine, rid)
@@ -225,8 +223,7 @@ def _notify(settings: Settings, engine: Engine, rid: str) -> int:
     return drain_task(settings, engine, rid, n.sink, "notification")["done"]
 
 
-@flow(name="reconcile")
-def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+def run_reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
     """Pull payments and match them to invoices; refresh the reconciled tables and exports."""
     with _stage(config_path, "reconcile", run_id) as (settings, engine, rid, io):
         pulled = [pull_task(settings, engine, rid, source, "payments")
@@ -244,6 +241,50 @@ def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> d
         return {"pulled": pulled, **result, "exports": [str(f) for f in files]}
 
 
+# --- stage flows: each stage deployable alone (prefect.yaml); the parent runs the same bodies
+# as plain calls, because a subflow costs about a second of Prefect bookkeeping per stage.
+
+@flow(name="ingest")
+def ingest(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
+           roles: list[str] | None = None) -> list[dict]:
+    """Pull every declared source stream: masters first, then orders in the file's order."""
+    return run_ingest(config_path, run_id, roles)
+
+
+@flow(name="validate")
+def validate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Gate the staged (captured) orders; failing ones go to quarantine with check and reason."""
+    return run_validate(config_path, run_id)
+
+
+@flow(name="allocate")
+def allocate(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Reserve stock for validated orders by the declared rules; record the rule per line."""
+    return run_allocate(config_path, run_id)
+
+
+@flow(name="push")
+def push(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[dict]:
+    """Send fulfilments to each order's own channel and sales orders to the ERP, exactly once."""
+    return run_push(config_path, run_id)
+
+
+@flow(name="invoice")
+def invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Invoice pushed orders by the policy and send the receivables to the finance system."""
+    return run_invoice(config_path, run_id)
+
+
+@flow(name="reconcile")
+def reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
+    """Pull payments and match them to invoices; refresh the reconciled tables and exports."""
+    return run_reconcile(config_path, run_id)
+
+
+STAGE_BODIES = (("ingest", run_ingest), ("validate", run_validate), ("allocate", run_allocate),
+                ("push", run_push), ("invoice", run_invoice), ("reconcile", run_reconcile))
+
+
 @flow(name="order_to_cash")
 def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
     """The whole way through, once. Returns the run summary."""
@@ -255,16 +296,19 @@ def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
     started = time.monotonic()
     stages: dict[str, Any] = {}
     try:
-        for name, stage in (("ingest", ingest), ("validate", validate), ("allocate", allocate),
-                            ("push", push), ("invoice", invoice), ("reconcile", reconcile)):
+        for name, stage in STAGE_BODIES:
             t0 = time.monotonic()
             progress("%s ...", name)
             stages[name] = stage(config_path, rid)
             stages.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 2)
         summary = run_summary(settings, engine, rid, stages)
+        t0 = time.monotonic()
         summary.update(_kpis(settings, engine, rid))
-        summary["seconds"] = round(time.monotonic() - started, 2)
+        stages["seconds"]["kpis"] = round(time.monotonic() - t0, 2)
+        t0 = time.monotonic()
         summary["report"] = str(_write_report(settings, engine, rid, summary["kpis"]))
+        stages["seconds"]["report"] = round(time.monotonic() - t0, 2)
+        summary["seconds"] = round(time.monotonic() - started, 2)
         summary["lineage"] = str(lineage.path)
     except Exception as exc:
         lineage.emit("FAIL", "order_to_cash", rid, error=str(exc))
