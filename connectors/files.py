@@ -329,7 +329,77 @@ class BadFile(Exception):
 # ---------------------------------------------------------------------------------- connector
 
 
-class FileDropConnector(Connector):
+class ConfirmationPush:
+    """Push ``fulfilment`` as confirmation files in ``self.outbound`` (see the module docstring).
+
+    Shared by the file-drop channels (``files``, ``tpch``); the class using it sets ``name``,
+    ``system``, ``operations``, ``outbound`` (a Path) and ``confirmations_written`` (a Counter).
+    """
+
+    name: str
+    system: ClassVar[str]
+    operations: ClassVar[set[str]]
+    outbound: Path
+    confirmations_written: Counter[str]
+
+    def push(self, operation: str, docs: list[dict], recover: bool = False) -> list[PushResult]:
+        """One confirmation file per call; a key already confirmed is never written again."""
+        if operation not in self.operations:
+            raise ValueError(f"{self.system} cannot push {operation!r} (supports: fulfilment)")
+        results: dict[int, PushResult] = {}
+        wanted: dict[str, dict] = {}  # key -> doc, first one wins
+        for i, doc in enumerate(docs):
+            key = parse_text(doc.get("key"))
+            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
+            if not key or not order_no:
+                results[i] = PushResult(str(doc.get("key")), False,
+                                        error="fulfilment doc: key and order_no are required")
+            else:
+                wanted.setdefault(key, doc)
+        confirmed: dict[str, str] = {}
+        error = "not confirmed"
+        try:
+            confirmed = self._confirmed(list(wanted), everywhere=recover)
+            todo = [k for k in wanted if k not in confirmed]
+            if todo:
+                name = confirmation_name(todo)
+                self._write_confirmations(name, [wanted[k] for k in todo])
+                confirmed.update(dict.fromkeys(todo, name))
+        except (OSError, ValueError) as err:  # ValueError: an unreadable confirmation file
+            error = str(SourceError(self.name, f"confirmations in {self.outbound}: "
+                                               f"{getattr(err, 'strerror', None) or err}"))
+        for i, doc in enumerate(docs):
+            if i not in results:
+                key = parse_text(doc.get("key")) or ""
+                where = confirmed.get(key)
+                results[i] = (PushResult(key, True, remote_id=where) if where
+                              else PushResult(key, False, error=error))
+        return [results[i] for i in range(len(docs))]
+
+    def _confirmed(self, keys: list[str], everywhere: bool) -> dict[str, str]:
+        """key -> confirmation file already holding it: that batch's own file, or (recover)
+        every confirmation file in the outbound folder."""
+        if everywhere:
+            found = read_confirmations(self.outbound)
+        else:
+            path = self.outbound / confirmation_name(keys)
+            found = _read_confirmation_file(path) if path.exists() else {}
+        return {k: found[k] for k in keys if k in found}
+
+    def _write_confirmations(self, name: str, docs: list[dict]) -> None:
+        now = to_iso(datetime.now(UTC).replace(microsecond=0))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CONFIRMATION_COLUMNS)
+        for doc in docs:
+            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
+            writer.writerow([order_no, CONFIRMED_STATUS, parse_text(doc["key"]), now])
+        _atomic_write(self.outbound / name, buf.getvalue().encode("utf-8"))
+        for doc in docs:
+            self.confirmations_written[parse_text(doc["key"]) or ""] += 1
+
+
+class FileDropConnector(ConfirmationPush, Connector):
     system = "files"
     streams: ClassVar[dict[str, FileStream]] = STREAMS  # type: ignore[assignment]
     operations = {"fulfilment"}
@@ -730,64 +800,6 @@ class FileDropConnector(Connector):
 
     def map(self, stream: str, payload: dict) -> dict:
         return self._spec(stream).mapper(payload)  # type: ignore[union-attr,return-value]
-
-    # -- push: fulfilment confirmations ----------------------------------------------------------
-
-    def push(self, operation: str, docs: list[dict], recover: bool = False) -> list[PushResult]:
-        """One confirmation file per call; a key already confirmed is never written again."""
-        if operation not in self.operations:
-            raise ValueError(f"files cannot push {operation!r} (supports: fulfilment)")
-        results: dict[int, PushResult] = {}
-        wanted: dict[str, dict] = {}  # key -> doc, first one wins
-        for i, doc in enumerate(docs):
-            key = parse_text(doc.get("key"))
-            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
-            if not key or not order_no:
-                results[i] = PushResult(str(doc.get("key")), False,
-                                        error="fulfilment doc: key and order_no are required")
-            else:
-                wanted.setdefault(key, doc)
-        confirmed: dict[str, str] = {}
-        error = "not confirmed"
-        try:
-            confirmed = self._confirmed(list(wanted), everywhere=recover)
-            todo = [k for k in wanted if k not in confirmed]
-            if todo:
-                name = confirmation_name(todo)
-                self._write_confirmations(name, [wanted[k] for k in todo])
-                confirmed.update(dict.fromkeys(todo, name))
-        except (OSError, ValueError) as err:  # ValueError: an unreadable confirmation file
-            error = str(SourceError(self.name, f"confirmations in {self.outbound}: "
-                                               f"{getattr(err, 'strerror', None) or err}"))
-        for i, doc in enumerate(docs):
-            if i not in results:
-                key = parse_text(doc.get("key")) or ""
-                where = confirmed.get(key)
-                results[i] = (PushResult(key, True, remote_id=where) if where
-                              else PushResult(key, False, error=error))
-        return [results[i] for i in range(len(docs))]
-
-    def _confirmed(self, keys: list[str], everywhere: bool) -> dict[str, str]:
-        """key -> confirmation file already holding it: that batch's own file, or (recover)
-        every confirmation file in the outbound folder."""
-        if everywhere:
-            found = read_confirmations(self.outbound)
-        else:
-            path = self.outbound / confirmation_name(keys)
-            found = _read_confirmation_file(path) if path.exists() else {}
-        return {k: found[k] for k in keys if k in found}
-
-    def _write_confirmations(self, name: str, docs: list[dict]) -> None:
-        now = to_iso(datetime.now(UTC).replace(microsecond=0))
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CONFIRMATION_COLUMNS)
-        for doc in docs:
-            order_no = parse_text(doc.get("order_no") or doc.get("order_external_id"))
-            writer.writerow([order_no, CONFIRMED_STATUS, parse_text(doc["key"]), now])
-        _atomic_write(self.outbound / name, buf.getvalue().encode("utf-8"))
-        for doc in docs:
-            self.confirmations_written[parse_text(doc["key"]) or ""] += 1
 
 
 # ------------------------------------------------------------------------------------ helpers

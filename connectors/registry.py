@@ -19,6 +19,7 @@ CONNECTORS: dict[str, str] = {
     "stripe": "connectors.stripe:StripeConnector",
     "woocommerce": "connectors.woocommerce:WooCommerceConnector",
     "files": "connectors.files:FileDropConnector",
+    "tpch": "connectors.tpch:TpchConnector",  # TPC-H Parquet drop (bench; sandbox/tpch.py)
     "rest": "connectors.rest:DeclaredRestConnector",
     "webhook": "connectors.notify:WebhookSink",  # notification sinks (push only)
     "smtp": "connectors.notify:SmtpSink",
