@@ -617,3 +617,22 @@ Index("ix_payments_reference", payments.c.reference)
 Index("ix_payment_matches_invoice", payment_matches.c.invoice_id)
 # "are this order's pushes all done?" is asked per order: without it that is a scan per order
 Index("ix_outbox_order_operation", outbox.c.order_id, outbox.c.operation)
+
+# --- stage marks: what a whole-book stage last saw (warehouse/freshness.py) ------------------
+
+stage_marks = Table(
+    "stage_marks",
+    metadata,
+    Column("stage", String(64), primary_key=True),
+    Column("run_id", RUN_ID, nullable=False),  # the run that ran the stage
+    _ts("marked_at", nullable=False),  # taken before the stage read its inputs
+    Column("key", String(128), nullable=False),  # what else the result depends on (config, day)
+    Column("result", JSON),  # the stage's figures, shown again when it is skipped
+)
+
+# Whole-book stages ask "did any run since my last pass write here?": one index probe per run.
+FRESHNESS_TABLES = ("orders", "order_lines", "allocations", "quarantine", "invoices",
+                    "payments", "fx_rates", "payment_matches", "reconciliation",
+                    "payment_reconciliation")
+for _name in FRESHNESS_TABLES:
+    Index(f"ix_{_name}_run_id", metadata.tables[_name].c.run_id)
