@@ -2,10 +2,15 @@
 
 Orders are served in the declared priority order (``allocation.priority``; ties by ordered_at,
 then id), and each line takes the stock the earlier lines left, so this is the one stage that
-genuinely needs sequence. It still costs a fixed number of statements whatever the volume: one
-query for the work (orders, lines, their allocation rows), one for the stock, the pure rules
-(``allocation_rules.plan_orders``, ``owners.assign_owners``) over plain values, then bulk writes
-(COPY on PostgreSQL, executemany on SQLite) and set-based transitions, all in ONE transaction.
+genuinely needs sequence. The database sorts the open orders by that priority once, into a
+temporary queue (``engine.id_queue``); they are then decided ``CHUNK_ORDERS`` at a time, so
+memory follows the chunk size, not the number of open orders. Per chunk a fixed number of
+statements: one query for the work (orders, lines, their allocation rows), one for the stock of
+the skus no earlier chunk met (kept in memory, net of what earlier chunks reserved),
+the pure rules (``allocation_rules.plan_orders``) over plain values, then bulk writes (COPY on
+PostgreSQL, executemany on SQLite) and set-based transitions. Owners (``owners.assign_owners``,
+round-robin in order id order) follow in a second pass over the placed orders, in id order.
+All of it is ONE transaction.
 
 - An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
   is written (it stays where it was, counted as ``unallocated``).
@@ -16,7 +21,8 @@ query for the work (orders, lines, their allocation rows), one for the stock, th
   is added to that row, whose ``rule_inputs.earlier`` keeps the earlier decisions. Once no line
   waits the order moves ``backordered -> allocated``. A rerun with unchanged stock writes nothing.
 - On PostgreSQL the orders taken are locked with SKIP LOCKED (a concurrent allocator takes
-  others), the stock rows with FOR UPDATE (in sku order: no deadlock) and the owner counters
+  others), chunk by chunk; the stock rows in play all up front with FOR UPDATE (in sku order:
+  no deadlock), and the owner counters
   FOR UPDATE, so two allocators never reserve the same units nor hand out the same turn. On
   SQLite the transaction holds the write lock from the start.
 
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, delete, func, select, update
 
 from warehouse.allocation_rules import (
     AllocationConfig,
@@ -40,11 +46,12 @@ from warehouse.allocation_rules import (
     LineIn,
     OrderIn,
     OrderPlan,
+    PriorityKey,
     Steps,
     plan_orders,
     steps_label,
 )
-from warehouse.engine import begin_write, bulk_insert, in_values
+from warehouse.engine import begin_write, bulk_insert, id_queue, in_values
 from warehouse.orders import transition
 from warehouse.owners import (
     OwnerNeed,
@@ -62,6 +69,8 @@ TAKES = ("validated", "backordered")
 # still change something.
 REPLAYS = ("validated", "backordered", "allocated")
 PLACED = ("allocated", "backordered")
+# Orders decided per chunk: memory follows this, not the number of open orders.
+CHUNK_ORDERS = 5000
 
 
 @dataclass
@@ -97,12 +106,23 @@ class _Writes:
     skipped: int = 0
     unallocated: int = 0
     owners_assigned: int = 0
+    n_allocated: int = 0  # counts taken over from chunks already written
+    n_backordered: int = 0
+
+    def add_counts(self, other: _Writes) -> None:
+        """Take over another chunk's counts (its rows are written already)."""
+        self.n_allocated += len(other.to_allocated) + other.n_allocated
+        self.n_backordered += len(other.to_backordered) + other.n_backordered
+        self.lines_by_rule += other.lines_by_rule
+        self.skipped += other.skipped
+        self.unallocated += other.unallocated
 
 
 def allocate(
     engine: Engine,
     run_id: str,
     config: AllocationConfig | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    chunk_size: int = CHUNK_ORDERS,
 ) -> dict[str, Any]:
     """Allocate validated and backordered orders; return the counts of this run.
 
@@ -117,24 +137,64 @@ def allocate(
     cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
     writes = _Writes()
     with begin_write(engine) as conn:
-        work, held = _fetch_work(conn, TAKES, lock=True)
-        if not work:
-            return _counts(writes)
-        available, regions = _fetch_stock(conn, TAKES, lock=True)
-        plans = plan_orders(work, available, regions, cfg)
-        for plan in plans:
-            _plan_writes(writes, plan, held, run_id)
-        _resolve_merges(conn, writes, run_id)
-        _write(conn, writes, run_id)
-        if cfg.owners is not None:
-            writes.owners_assigned = _assign_owners(conn, plans, cfg.owners, run_id)
+        queue_ids = (select(orders.c.id)
+                     .outerjoin(customers, customers.c.id == orders.c.customer_id)
+                     .where(orders.c.status.in_(TAKES)))
+        with id_queue(conn, queue_ids, priority_order(cfg.priority)) as queue:
+            if conn.dialect.name == "postgresql":
+                _lock_stock(conn, TAKES)
+            # available stock of the skus met so far, kept net of what earlier chunks took:
+            # each stock row is read once, whatever the number of chunks
+            stock_left: dict[str, dict[str, Decimal]] = {}
+            regions: dict[str, str | None] = {}
+            for ids in queue.chunks(chunk_size):
+                work, held = _fetch_work(conn, TAKES, lock=True, ids=ids)
+                if not work:
+                    continue
+                skus = {ln.sku for o in work for ln in o.lines if ln.sku is not None}
+                new = sorted(skus - stock_left.keys())
+                if new:
+                    more, more_regions = _fetch_stock(conn, TAKES, lock=False, skus=new)
+                    stock_left.update({sku: more.get(sku, {}) for sku in new})
+                    regions.update(more_regions)
+                plans = plan_orders(work, {sku: stock_left[sku] for sku in skus}, regions, cfg)
+                chunk = _Writes()
+                for plan in plans:
+                    _plan_writes(chunk, plan, held, run_id)
+                _resolve_merges(conn, chunk, run_id)
+                _write(conn, chunk, run_id)
+                for (sku, wh), qty in chunk.reserve.items():
+                    stock_left[sku][wh] -= qty  # what _write just reserved
+                writes.add_counts(chunk)
+                if cfg.owners is not None:
+                    queue.flag([n.order_id for n in _owner_needs(plans)])
+            if cfg.owners is not None:
+                # owners go round-robin in order id order (not priority order): a second pass
+                for ids in queue.chunks(chunk_size, flagged=True, by_id=True):
+                    writes.owners_assigned += _assign_owners(conn, _fetch_needs(conn, ids),
+                                                             cfg.owners, run_id)
     return _counts(writes)
+
+
+def priority_order(priority: Sequence[PriorityKey]) -> list[Any]:
+    """SQL ORDER BY terms that sort orders exactly as ``allocation_rules.priority_key`` does:
+    the declared keys in turn (listed values first, in their order), then the oldest
+    ordered_at (none: last), then the lowest id."""
+    terms: list[Any] = []
+    for key in priority:
+        if key.by == "ordered_at":
+            terms += [orders.c.ordered_at.is_(None), orders.c.ordered_at]
+        elif key.order:
+            col = customers.c.customer_group if key.by == "customer_group" else orders.c[key.by]
+            terms.append(case(*((col == v, i) for i, v in enumerate(key.order)),
+                              else_=len(key.order)))
+    return [*terms, orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id]
 
 
 def _counts(w: _Writes) -> dict[str, Any]:
     return {
-        "allocated": len(w.to_allocated),
-        "backordered": len(w.to_backordered),
+        "allocated": len(w.to_allocated) + w.n_allocated,
+        "backordered": len(w.to_backordered) + w.n_backordered,
         "lines_by_rule": dict(sorted(w.lines_by_rule.items())),
         "skipped": w.skipped,
         "unallocated": w.unallocated,
@@ -146,17 +206,20 @@ def _counts(w: _Writes) -> dict[str, Any]:
 
 
 def _fetch_work(
-    conn: Connection, statuses: Sequence[str], lock: bool
+    conn: Connection, statuses: Sequence[str], lock: bool, ids: Sequence[int] | None = None
 ) -> tuple[list[OrderIn], dict[int, _Held]]:
-    """The orders in ``statuses`` with their lines and allocation rows (order id order: the
-    rules sort by priority themselves). Two queries: the orders (taking the locks), then their
-    lines, so the order columns are not repeated on every line row."""
+    """The orders in ``statuses`` (of ``ids``, when given) with their lines and allocation rows
+    (order id order: the rules sort by priority themselves). Two queries: the orders (taking
+    the locks), then their lines, so the order columns are not repeated on every line row."""
+    chosen = [orders.c.status.in_(statuses)]
+    if ids is not None:
+        chosen.append(in_values(orders.c.id, ids, conn.dialect.name))
     q = (
         select(orders.c.id, orders.c.status, orders.c.order_no, orders.c.source,
                orders.c.ordered_at, orders.c.ship_region, orders.c.owner, orders.c.team,
                customers.c.region, customers.c.customer_group)
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
-        .where(orders.c.status.in_(statuses))
+        .where(*chosen)
         .order_by(orders.c.id)
     )
     if lock:
@@ -168,7 +231,7 @@ def _fetch_work(
                allocations.c.status, allocations.c.rule_id, allocations.c.run_id)
         .join(orders, orders.c.id == order_lines.c.order_id)
         .outerjoin(allocations, allocations.c.order_line_id == order_lines.c.id)
-        .where(orders.c.status.in_(statuses))
+        .where(*chosen)
         .order_by(order_lines.c.order_id, order_lines.c.line_no, allocations.c.id)
     )
     lines: dict[int, list[tuple[int, int, str | None, Decimal | None]]] = {oid: [] for oid in heads}
@@ -206,20 +269,26 @@ def _waiting(h: _Held, qty: Decimal | None) -> Decimal | None:
     return None if h.allocated else qty
 
 
-def _fetch_stock(
-    conn: Connection, statuses: Sequence[str], lock: bool
-) -> tuple[dict[str, dict[str, Decimal]], dict[str, str | None]]:
-    """Available stock (on_hand - reserved) per sku and warehouse, for the skus in play."""
-    wanted = (
+def _wanted_skus(statuses: Sequence[str]) -> Select:
+    return (
         select(order_lines.c.sku)
         .join(orders, orders.c.id == order_lines.c.order_id)
         .where(orders.c.status.in_(statuses))
     )
+
+
+def _fetch_stock(
+    conn: Connection, statuses: Sequence[str], lock: bool, skus: Sequence[str] | None = None
+) -> tuple[dict[str, dict[str, Decimal]], dict[str, str | None]]:
+    """Available stock (on_hand - reserved) per sku and warehouse, for the skus in play (or
+    for ``skus``, when given)."""
+    wanted = (in_values(stock.c.sku, skus, conn.dialect.name) if skus is not None
+              else stock.c.sku.in_(_wanted_skus(statuses)))
     q = (
         select(stock.c.sku, stock.c.warehouse, stock.c.on_hand, stock.c.reserved,
                warehouses.c.region)
         .outerjoin(warehouses, warehouses.c.code == stock.c.warehouse)
-        .where(stock.c.sku.in_(wanted))
+        .where(wanted)
         .order_by(stock.c.sku, stock.c.warehouse)  # one lock order for every allocator
     )
     if lock:
@@ -231,6 +300,25 @@ def _fetch_stock(
         available.setdefault(sku, {})[wh] = on_hand - (reserved or 0)
         regions[wh] = region
     return available, regions
+
+
+def _lock_stock(conn: Connection, statuses: Sequence[str]) -> None:
+    """PostgreSQL: lock every stock row in play up front, in one (sku, warehouse) order, so two
+    allocators never deadlock whatever chunks they read later; nothing comes back to Python."""
+    locked = (select(stock.c.sku)
+              .where(stock.c.sku.in_(_wanted_skus(statuses)))
+              .order_by(stock.c.sku, stock.c.warehouse)
+              .with_for_update(of=stock))
+    conn.execute(select(func.count()).select_from(locked.subquery()))
+
+
+def _fetch_needs(conn: Connection, ids: Sequence[int]) -> list[OwnerNeed]:
+    """Owner needs of these (placed, ownerless) orders, in id order."""
+    q = (select(orders.c.id, orders.c.ship_region, customers.c.region)
+         .outerjoin(customers, customers.c.id == orders.c.customer_id)
+         .where(in_values(orders.c.id, ids, conn.dialect.name), orders.c.owner.is_(None))
+         .order_by(orders.c.id))
+    return [OwnerNeed(oid, ship, region) for oid, ship, region in conn.execute(q)]
 
 
 # --- decisions -> rows --------------------------------------------------------------------------
@@ -354,9 +442,8 @@ def _owner_needs(plans: Sequence[OrderPlan]) -> list[OwnerNeed]:
             for p in plans if p.outcome in PLACED and p.order.owner is None]
 
 
-def _assign_owners(conn: Connection, plans: Sequence[OrderPlan], config: OwnersConfig,
+def _assign_owners(conn: Connection, needs: Sequence[OwnerNeed], config: OwnersConfig,
                    run_id: str) -> int:
-    needs = _owner_needs(plans)
     if not needs:
         return 0
     before = lock_counters(conn, teams_needed(needs, config), run_id)

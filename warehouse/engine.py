@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -27,22 +28,28 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     Table,
     TypeDecorator,
     any_,
     bindparam,
+    column,
     create_engine,
     event,
     func,
+    insert,
     literal_column,
     select,
+    table,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.expression import TableClause
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -182,6 +189,75 @@ def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         copy_rows(conn, table.name, table, rows)
     else:
         conn.execute(table.insert(), list(rows))
+
+
+def id_windows(conn: Connection, id_col: ColumnElement[int], size: int,
+               where: Sequence[ColumnElement[bool]] = ()) -> Iterator[tuple[int, int]]:
+    """``(lo, hi]`` ranges of ``size`` ids covering the column's ids (of the rows ``where``
+    picks): a stage works through a big table window by window, one bounded batch at a time,
+    each window found by the primary key's index."""
+    lo, hi = conn.execute(select(func.min(id_col), func.max(id_col)).where(*where)).one()
+    if lo is None:
+        return
+    start = int(lo) - 1
+    while start < hi:
+        yield start, start + size
+        start += size
+
+
+@contextmanager
+def id_queue(conn: Connection, ids: Any, order_by: Sequence[Any]) -> Iterator[IdQueue]:
+    """A temporary table holding the ids a one-column SELECT (``ids``) gives, numbered in ``order_by``
+    order (``row_number() OVER``), for the caller to work through in chunks of bounded size.
+
+    The whole ordering is decided once, by the database, and no more than one chunk of ids is
+    ever held in Python: memory follows the chunk size, not the data size. Lives in the
+    caller's transaction and is dropped at the end of the block."""
+    name = f"_queue_{uuid.uuid4().hex[:12]}"
+    big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
+    extra = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
+    conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{name}" (seq {big} PRIMARY KEY, '
+                         f"item_id {big} NOT NULL, flag INTEGER NOT NULL DEFAULT 0){extra}")
+    numbered = ids.add_columns(func.row_number().over(order_by=list(order_by)))
+    queue_table = table(name, column("seq", Integer), column("item_id", Integer),
+                        column("flag", Integer))
+    conn.execute(insert(queue_table).from_select(["item_id", "seq"], numbered))
+    conn.exec_driver_sql(f'CREATE INDEX "{name}_item" ON "{name}" (item_id)')
+    yield IdQueue(conn, queue_table)
+    # on an error the transaction's rollback takes the table with it (DDL is transactional)
+    conn.exec_driver_sql(f'DROP TABLE "{name}"')
+
+
+class IdQueue:
+    """The ids of an ``id_queue``, in its order, chunk by chunk; ``flag`` marks some of them."""
+
+    def __init__(self, conn: Connection, queue_table: TableClause) -> None:
+        self.conn = conn
+        self.table = queue_table
+
+    def chunks(self, size: int, flagged: bool = False, by_id: bool = False) -> Iterator[list[int]]:
+        """Lists of at most ``size`` ids, in queue order (``by_id``: in id order instead);
+        ``flagged``: only the ids marked with ``flag``."""
+        t = self.table
+        key = t.c.item_id if by_id else t.c.seq
+        last = None
+        while True:
+            q = select(key, t.c.item_id)
+            if flagged:
+                q = q.where(t.c.flag == 1)
+            if last is not None:
+                q = q.where(key > last)
+            rows = self.conn.execute(q.order_by(key).limit(size)).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [r[1] for r in rows]
+
+    def flag(self, ids: Collection[int]) -> None:
+        if ids:
+            t = self.table
+            self.conn.execute(update(t).where(in_values(t.c.item_id, list(ids),
+                                                        self.conn.dialect.name)).values(flag=1))
 
 
 @contextmanager

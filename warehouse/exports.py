@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,9 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     TypeDecorator,
+    cast,
     select,
 )
 
@@ -88,13 +89,16 @@ def arrow_schema(table: Table) -> pa.Schema:
 
 
 def _batch(table: Table, schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa.RecordBatch:
-    arrays = []
-    for i, (column, field) in enumerate(zip(table.columns, schema, strict=True)):
-        values = [row[i] for row in rows]
-        if isinstance(column.type, JSON):
-            values = [None if v is None else json.dumps(v) for v in values]
-        arrays.append(pa.array(values, type=field.type))
+    # JSON columns arrive as their text (_columns)
+    arrays = [pa.array([row[i] for row in rows], type=field.type)
+              for i, field in enumerate(schema)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _columns(table: Table) -> list[Any]:
+    """The table's columns as read for export: JSON ones as the text stored (no parse and
+    re-serialise per row; it is the JSON text the writer produced)."""
+    return [cast(c, Text).label(c.name) if isinstance(c.type, JSON) else c for c in table.columns]
 
 
 def _tables(names: Sequence[str]) -> list[Table]:
@@ -124,7 +128,7 @@ def export_parquet(
             path = out / f"{table.name}.parquet"
             tmp = out / f".{table.name}.parquet.{os.getpid()}.tmp"
             schema = arrow_schema(table)
-            query = select(table).order_by(*table.primary_key.columns)
+            query = select(*_columns(table)).order_by(*table.primary_key.columns)
             try:
                 with pq.ParquetWriter(tmp, schema) as writer:
                     for chunk in conn.execute(query).partitions():

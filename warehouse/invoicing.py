@@ -45,7 +45,14 @@ from sqlalchemy import (
     update,
 )
 
-from warehouse.engine import begin_write, bulk_insert, dialect_insert
+from warehouse.engine import (
+    begin_write,
+    bulk_insert,
+    dialect_insert,
+    id_queue,
+    id_windows,
+    in_values,
+)
 from warehouse.orders import transition
 from warehouse.outbox import _insert_new, _money, _qty, iso_utc, order_doc_no
 from warehouse.schema import (
@@ -62,6 +69,7 @@ from warehouse.schema import (
 from warehouse.tax import LineTax, TaxConfigError, TaxRules, line_tax, totals
 
 log = logging.getLogger(__name__)
+CHUNK = 5000  # orders (invoices) per batch: memory follows this, not the number of orders
 
 POLICIES = ("on_order", "on_shipment")
 CREDIT_CAUSES = ("cancelled", "returned")
@@ -322,9 +330,10 @@ def create_invoices(engine: Engine, run_id: str,
     """Invoice every pushed order its channel's policy allows; return how many were created.
 
     ``policy`` is an ``InvoicingConfig`` (or a policy name, for ``{policy: ...}`` alone). One
-    transaction: lock the company series, read the pending orders and their lines in one query
-    (ordered by ordered_at, id), tax the lines, number the invoices, insert invoices and lines,
-    advance the series. A failure writes nothing and consumes no number.
+    transaction: lock the company series, queue the pending orders in (ordered_at, id) order
+    (``engine.id_queue``), then ``CHUNK`` orders at a time read them with their lines, tax the
+    lines, number the invoices and insert invoices and lines; advance the series. A failure
+    writes nothing and consumes no number.
     """
     cfg = _as_config(policy)
     needs_shipment = _needs_shipment(cfg)
@@ -343,57 +352,32 @@ def create_invoices(engine: Engine, run_id: str,
         .select_from(orders)
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
         .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
-        .where(ready)
         .order_by(orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id,
                   order_lines.c.line_no)
     )
+    sequence = [orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id]
     now = datetime.now(UTC)
+    created = wanted = unpriced = off_total = 0
     with begin_write(engine) as conn:
         start = _lock_series(conn, run_id, [c.invoice_series for c in cfg.companies])
         last = dict(start)
-        docs: list[dict[str, Any]] = []
-        lines: dict[int, list[dict[str, Any]]] = {}
-        unpriced = off_total = 0
-        for head, rows in _by_order(conn.execute(q)):
-            taxed = _tax_lines(cfg.tax, head.currency, rows)
-            if taxed is None:
-                unpriced += 1  # a line without qty or price: never invoice a guess
-                continue
-            net, tax, gross = totals(t for _, t in taxed)
-            basis = gross if cfg.tax.prices_include_tax else net
-            if head.total is not None and basis != head.total:
-                off_total += 1
-            company = cfg.company_for(head.source)
-            if company is not None:
-                last[company.invoice_series] += 1
-                number = company.number(company.prefix, last[company.invoice_series])
-            else:
-                number = "INV-" + _plain_no(head.source, head.order_no, head.external_id)
-            chosen = cfg.policy_for(head.source)
-            why = ("all pushes confirmed" if chosen == "on_order" else head.evidence)
-            docs.append({
-                "invoice_no": number, "order_id": head.id, "order_ref": head.order_no,
-                "customer_code": head.customer_code, "currency": head.currency,
-                "amount": gross, "net_amount": net, "tax_amount": tax, "issued_at": now,
-                "run_id": run_id, "company": company.key if company else None,
-                "policy": chosen, "prices_include_tax": cfg.tax.prices_include_tax,
-                "reason": f"{chosen} (source {head.source}): {why}",
-            })
-            lines[head.id] = [
-                {"line_no": r.line_no, "sku": r.sku, "qty": r.qty, "unit_price": r.unit_price,
-                 "net_amount": t.net, "tax_rate": t.rate, "tax_amount": t.tax,
-                 "amount": t.gross, "tax_rule": t.rule, "run_id": run_id}
-                for r, t in taxed
-            ]
-        created = _insert_invoices(conn, docs, lines)
+        # numbered in (ordered_at, id) order, CHUNK orders at a time: the database sorts once
+        with id_queue(conn, select(orders.c.id).where(ready), sequence) as queue:
+            for ids in queue.chunks(CHUNK):
+                chunk = conn.execute(q.where(in_values(orders.c.id, ids, conn.dialect.name)))
+                docs, lines, skipped, off = _invoice_docs(cfg, chunk, last, now, run_id)
+                unpriced += skipped
+                off_total += off
+                wanted += len(docs)
+                created += _insert_invoices(conn, docs, lines)
         _advance(conn, run_id, start, last)
         waiting = conn.execute(
             select(func.count()).select_from(orders).where(base, ~ready)).scalar_one()
-    if created < len(docs):
+    if created < wanted:
         # a deterministic number clash (two orders of one source with the same number once '#'
         # is dropped): never silent, those orders wait in `pushed` until someone looks
         log.warning("invoicing: %d pushed order(s) not invoiced: invoice number already taken",
-                    len(docs) - created)
+                    wanted - created)
     if unpriced:
         log.warning("invoicing: %d pushed order(s) not invoiced: a line has no qty or unit price",
                     unpriced)
@@ -403,6 +387,49 @@ def create_invoices(engine: Engine, run_id: str,
     if waiting:
         log.info("invoicing: %d pushed order(s) wait for shipment (or have no currency)", waiting)
     return created
+
+
+def _invoice_docs(cfg: InvoicingConfig, result: Iterable[Any], last: dict[str, int],
+                  now: datetime, run_id: str
+                  ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]], int, int]:
+    """One chunk's invoices and their lines (``last``: the series numbers, advanced here);
+    also how many orders were not invoiced for an unpriced line, and how many differ from
+    the channel's total."""
+    docs: list[dict[str, Any]] = []
+    lines: dict[int, list[dict[str, Any]]] = {}
+    unpriced = off_total = 0
+    for head, rows in _by_order(result):
+        taxed = _tax_lines(cfg.tax, head.currency, rows)
+        if taxed is None:
+            unpriced += 1  # a line without qty or price: never invoice a guess
+            continue
+        net, tax, gross = totals(t for _, t in taxed)
+        basis = gross if cfg.tax.prices_include_tax else net
+        if head.total is not None and basis != head.total:
+            off_total += 1
+        company = cfg.company_for(head.source)
+        if company is not None:
+            last[company.invoice_series] += 1
+            number = company.number(company.prefix, last[company.invoice_series])
+        else:
+            number = "INV-" + _plain_no(head.source, head.order_no, head.external_id)
+        chosen = cfg.policy_for(head.source)
+        why = ("all pushes confirmed" if chosen == "on_order" else head.evidence)
+        docs.append({
+            "invoice_no": number, "order_id": head.id, "order_ref": head.order_no,
+            "customer_code": head.customer_code, "currency": head.currency,
+            "amount": gross, "net_amount": net, "tax_amount": tax, "issued_at": now,
+            "run_id": run_id, "company": company.key if company else None,
+            "policy": chosen, "prices_include_tax": cfg.tax.prices_include_tax,
+            "reason": f"{chosen} (source {head.source}): {why}",
+        })
+        lines[head.id] = [
+            {"line_no": r.line_no, "sku": r.sku, "qty": r.qty, "unit_price": r.unit_price,
+             "net_amount": t.net, "tax_rate": t.rate, "tax_amount": t.tax,
+             "amount": t.gross, "tax_rule": t.rule, "run_id": run_id}
+            for r, t in taxed
+        ]
+    return docs, lines, unpriced, off_total
 
 
 def _by_order(rows: Iterable[Any]) -> Iterable[tuple[Any, list[Any]]]:
@@ -479,25 +506,31 @@ def enqueue_invoices(engine: Engine, run_id: str, target: str,
                *([] if orders_from is None else [orders.c.source.in_(list(orders_from))]))
         .order_by(invoices.c.id)
     )
+    added = 0
     with begin_write(engine) as conn:
-        heads = conn.execute(q).all()
-        if not heads:
-            return 0
-        by_invoice = _doc_lines(conn, heads, sign=1)
-        rows = [
-            _outbox_row(h, run_id, target, "invoice", {
-                "key": h.key, "bill_no": h.invoice_no, "invoice_no": h.invoice_no,
-                "order_ref": h.order_ref, "customer_code": h.customer_code,
-                "currency": h.currency, "issued_at": iso_utc(h.issued_at),
-                "amount": _money(h.amount, h.currency),
-                "net_amount": _money(h.net_amount, h.currency),
-                "tax_amount": _money(h.tax_amount, h.currency),
-                "company": h.company, "prices_include_tax": h.prices_include_tax,
-                "lines": by_invoice.get(h.group_id, []),
-            })
-            for h in heads
-        ]
-        return _insert_new(conn, rows)
+        for lo, hi in id_windows(conn, invoices.c.id, CHUNK):  # bounded memory
+            heads = conn.execute(q.where(invoices.c.id > lo, invoices.c.id <= hi)).all()
+            if heads:
+                added += _insert_new(conn, _invoice_rows(conn, heads, run_id, target))
+    return added
+
+
+def _invoice_rows(conn: Connection, heads: Sequence[Any], run_id: str, target: str
+                  ) -> list[dict[str, Any]]:
+    by_invoice = _doc_lines(conn, heads, sign=1)
+    return [
+        _outbox_row(h, run_id, target, "invoice", {
+            "key": h.key, "bill_no": h.invoice_no, "invoice_no": h.invoice_no,
+            "order_ref": h.order_ref, "customer_code": h.customer_code,
+            "currency": h.currency, "issued_at": iso_utc(h.issued_at),
+            "amount": _money(h.amount, h.currency),
+            "net_amount": _money(h.net_amount, h.currency),
+            "tax_amount": _money(h.tax_amount, h.currency),
+            "company": h.company, "prices_include_tax": h.prices_include_tax,
+            "lines": by_invoice.get(h.group_id, []),
+        })
+        for h in heads
+    ]
 
 
 def _outbox_row(h: Any, run_id: str, target: str, operation: str, payload: dict[str, Any]
@@ -653,22 +686,28 @@ def enqueue_credit_notes(engine: Engine, run_id: str, target: str) -> int:
         .where(invoice_sent, ~exists().where(outbox.c.idempotency_key == key))
         .order_by(credit_notes.c.id)
     )
+    added = 0
     with begin_write(engine) as conn:
-        heads = conn.execute(q).all()
-        if not heads:
-            return 0
-        by_invoice = _doc_lines(conn, heads, sign=-1)
-        rows = [
-            _outbox_row(h, run_id, target, "credit_note", {
-                "key": h.key, "bill_no": h.credit_note_no, "credit_note_no": h.credit_note_no,
-                "invoice_no": h.invoice_no, "order_ref": h.order_ref,
-                "customer_code": h.customer_code, "currency": h.currency,
-                "issued_at": iso_utc(h.issued_at), "amount": _money(h.amount, h.currency),
-                "net_amount": _money(h.net_amount, h.currency),
-                "tax_amount": _money(h.tax_amount, h.currency), "company": h.company,
-                "prices_include_tax": h.prices_include_tax, "cause": h.cause,
-                "reason": h.reason, "lines": by_invoice.get(h.group_id, []),
-            })
-            for h in heads
-        ]
-        return _insert_new(conn, rows)
+        for lo, hi in id_windows(conn, credit_notes.c.id, CHUNK):  # bounded memory
+            heads = conn.execute(q.where(credit_notes.c.id > lo, credit_notes.c.id <= hi)).all()
+            if heads:
+                added += _insert_new(conn, _credit_rows(conn, heads, run_id, target))
+    return added
+
+
+def _credit_rows(conn: Connection, heads: Sequence[Any], run_id: str, target: str
+                 ) -> list[dict[str, Any]]:
+    by_invoice = _doc_lines(conn, heads, sign=-1)
+    return [
+        _outbox_row(h, run_id, target, "credit_note", {
+            "key": h.key, "bill_no": h.credit_note_no, "credit_note_no": h.credit_note_no,
+            "invoice_no": h.invoice_no, "order_ref": h.order_ref,
+            "customer_code": h.customer_code, "currency": h.currency,
+            "issued_at": iso_utc(h.issued_at), "amount": _money(h.amount, h.currency),
+            "net_amount": _money(h.net_amount, h.currency),
+            "tax_amount": _money(h.tax_amount, h.currency), "company": h.company,
+            "prices_include_tax": h.prices_include_tax, "cause": h.cause,
+            "reason": h.reason, "lines": by_invoice.get(h.group_id, []),
+        })
+        for h in heads
+    ]

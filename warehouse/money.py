@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -54,11 +55,23 @@ def _currency(code: Any) -> str:
 
 def decimals(currency: str) -> int:
     """The currency's number of minor-unit decimals (JPY 0, USD 2, KWD 3)."""
+    if isinstance(currency, str):
+        return _decimals(currency)  # asked once per line on hot paths: remembered
+    return _DECIMALS.get(_currency(currency), 2)
+
+
+@lru_cache(maxsize=1024)
+def _decimals(currency: str) -> int:
     return _DECIMALS.get(_currency(currency), 2)
 
 
 def _exponent(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-decimals(currency))
+    return _scale(decimals(currency))
+
+
+@lru_cache(maxsize=32)
+def _scale(places: int) -> Decimal:
+    return Decimal(1).scaleb(-places)
 
 
 def parse_money(value: str | int | Decimal) -> Decimal:

@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 
-from warehouse.engine import begin_write, dialect_insert, json_default
+from warehouse.engine import begin_write, dialect_insert, id_windows, json_default
 from warehouse.money import quantize
 from warehouse.orders import transition
 from warehouse.schema import allocations, customers, invoices, order_lines, orders, outbox
@@ -54,6 +54,7 @@ MAX_ATTEMPTS = 5
 # request leaves, so it must cover one batch's push; after it a `sending` row counts as crashed.
 LEASE_SECONDS = 600
 ACTIVE = ("pending", "sending")
+ENQUEUE_CHUNK = 5000  # order (or invoice) ids per window: enqueue's memory follows this
 
 
 class OutboxError(ValueError):
@@ -134,14 +135,19 @@ def enqueue(
             f"outbox: unknown operation {operation!r} (known: {', '.join(OPERATIONS)})"
         )
     now = _now()
+    id_col = invoices.c.id if operation == "invoice" else orders.c.id
+    added = 0
     with begin_write(engine) as conn:
-        rows = builders[operation](conn, target, orders_from)
-        if not rows:
-            return 0
-        for row in rows:
-            row.update(target=target, operation=operation, status="pending", attempts=0,
-                       created_at=now, run_id=run_id)
-        return _insert_new(conn, rows)
+        # window by window over the ids: the docs of one window at a time in memory
+        for window in id_windows(conn, id_col, ENQUEUE_CHUNK):
+            rows = builders[operation](conn, target, orders_from, window)
+            if not rows:
+                continue
+            for row in rows:
+                row.update(target=target, operation=operation, status="pending", attempts=0,
+                           created_at=now, run_id=run_id)
+            added += _insert_new(conn, rows)
+    return added
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
@@ -172,6 +178,10 @@ def _source_filter(orders_from: Sequence[str] | None) -> list[ColumnElement[bool
     return [] if orders_from is None else [orders.c.source.in_(list(orders_from))]
 
 
+def _in_window(id_col: ColumnElement[int], window: tuple[int, int]) -> list[ColumnElement[bool]]:
+    return [id_col > window[0], id_col <= window[1]]
+
+
 def _group(rows: Iterable[Any], head: Any, line: Any) -> list[dict[str, Any]]:
     """Fold (order, line) rows, sorted by order, into one row per order with its doc lines."""
     out: list[dict[str, Any]] = []
@@ -186,7 +196,8 @@ def _group(rows: Iterable[Any], head: Any, line: Any) -> list[dict[str, Any]]:
 
 
 def _fulfilment_docs(
-    conn: Connection, target: str, orders_from: Sequence[str] | None
+    conn: Connection, target: str, orders_from: Sequence[str] | None,
+    window: tuple[int, int],
 ) -> list[dict[str, Any]]:
     business_key = orders.c.external_id
     key = _key_expr(target, "fulfilment", business_key)
@@ -204,7 +215,7 @@ def _fulfilment_docs(
         .join(allocations, and_(allocations.c.order_line_id == order_lines.c.id,
                                 allocations.c.status == "allocated"))
         .where(orders.c.source == target, orders.c.status == "allocated", _not_queued(key),
-               *_source_filter(orders_from))
+               *_source_filter(orders_from), *_in_window(orders.c.id, window))
         .order_by(orders.c.id, order_lines.c.line_no, allocations.c.id)
     )
     return _group(
@@ -219,7 +230,8 @@ def _fulfilment_docs(
 
 
 def _sales_order_docs(
-    conn: Connection, target: str, orders_from: Sequence[str] | None
+    conn: Connection, target: str, orders_from: Sequence[str] | None,
+    window: tuple[int, int],
 ) -> list[dict[str, Any]]:
     bill_no = order_doc_no("SO")
     key = _key_expr(target, "sales_order", bill_no)
@@ -242,7 +254,7 @@ def _sales_order_docs(
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
         .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
         .where(orders.c.status.in_(("allocated", "backordered")), orders.c.source != target,
-               _not_queued(key), *_source_filter(orders_from))
+               _not_queued(key), *_source_filter(orders_from), *_in_window(orders.c.id, window))
         .order_by(orders.c.id, order_lines.c.line_no)
     )
     return _group(
@@ -259,7 +271,8 @@ def _sales_order_docs(
 
 
 def _invoice_docs(
-    conn: Connection, target: str, orders_from: Sequence[str] | None
+    conn: Connection, target: str, orders_from: Sequence[str] | None,
+    window: tuple[int, int],
 ) -> list[dict[str, Any]]:
     key = _key_expr(target, "invoice", invoices.c.invoice_no)
     q = (
@@ -281,7 +294,8 @@ def _invoice_docs(
         )
         .join(orders, orders.c.id == invoices.c.order_id)
         .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
-        .where(_not_queued(key), *_source_filter(orders_from))
+        .where(_not_queued(key), *_source_filter(orders_from),
+               *_in_window(invoices.c.id, window))
         .order_by(invoices.c.id, order_lines.c.line_no)
     )
     return _group(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from warehouse.money import ROUNDING, decimals
@@ -39,8 +40,12 @@ class TaxConfigError(ValueError):
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Half up to the currency's decimals (at most MAX_PLACES): the one rounding edge."""
-    places = min(decimals(currency), MAX_PLACES)
-    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUNDING)
+    return amount.quantize(_step(min(decimals(currency), MAX_PLACES)), rounding=ROUNDING)
+
+
+@lru_cache(maxsize=16)
+def _step(places: int) -> Decimal:
+    return Decimal(1).scaleb(-places)
 
 
 def parse_rate(value: Any, where: str) -> Decimal:
