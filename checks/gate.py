@@ -203,13 +203,14 @@ def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec],
     batch = batch_query(max_id)
     if evaluated == 0 or not specs:
         # Nothing to judge (an empty batch, e.g. a rerun), or nothing to judge it by: GE and its
-        # import are skipped. Each spec still gets its check_results row (evaluated 0).
+        # import are skipped. An empty batch writes nothing (a rerun with no new data must not);
+        # the result still lists each check with 0 evaluated.
         result.checks = [CheckOutcome(s.id, s.severity, 0, 0, True) for s in specs]
-        with begin_write(engine) as conn:
-            if evaluated:
+        if evaluated:
+            with begin_write(engine) as conn:
                 result.validated = transition(conn, _batch_ids(max_id), "validated", run_id,
                                               "passed the quality gate (no checks declared)")
-            _record_results(conn, run_id, result.checks)
+                _record_results(conn, run_id, result.checks)
         result.duration_s = time.perf_counter() - started
         return result
 
