@@ -25,6 +25,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not postgres"
 
+# TPC-H through the whole pipeline vs a raw bulk load vs dlt (bench/README.md): SF=0.1 or SF=1
+SF ?= 0.1
+DB ?= sqlite,postgres
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --sf $(SF) --db $(DB)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
