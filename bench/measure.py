@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -132,12 +133,14 @@ def run_variant(
     module_args: Sequence[str],
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``python -m <module_args...> --json-out FILE`` and return its report.
 
     ``module_args[0]`` is the module, the rest its arguments. The report is the child's JSON
     plus ``parent_wall_s``. Raises ``VariantFailed`` (one line) on a non-zero exit, a timeout
-    or a missing report.
+    or a missing report. ``echo`` receives each line the child writes as it comes (progress of
+    a long variant); the lines are also kept for the report and for errors.
     """
     if not module_args:
         raise ValueError("module_args: the module to run first, then its arguments")
@@ -146,20 +149,34 @@ def run_variant(
         out = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", *module_args, "--json-out", str(out)]
         t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=bench_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        lines: list[str] = []
         try:
-            proc = subprocess.run(
-                cmd, env=bench_env(env), capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-            raise VariantFailed(f"{label}: timed out after {timeout} s: {_tail(err or '')}") from None
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    echo(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+        stderr = "".join(lines)
         parent_wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise VariantFailed(f"{label}: exit status {proc.returncode}: {_tail(proc.stderr)}")
+        if timeout and parent_wall >= timeout and returncode != 0:
+            raise VariantFailed(f"{label}: timed out after {timeout} s: {_tail(stderr)}")
+        if returncode != 0:
+            raise VariantFailed(f"{label}: exit status {returncode}: {_tail(stderr)}")
         if not out.is_file():
-            raise VariantFailed(f"{label}: exited 0 but wrote no report: {_tail(proc.stderr)}")
+            raise VariantFailed(f"{label}: exited 0 but wrote no report: {_tail(stderr)}")
         report = json.loads(out.read_text())
-    if proc.stderr.strip():
-        report["stderr"] = proc.stderr  # --verbose progress, or a library's warnings
+    if stderr.strip():
+        report["stderr"] = stderr  # progress lines, or a library's warnings
     report["parent_wall_s"] = round(parent_wall, 3)
     return report

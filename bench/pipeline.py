@@ -163,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
 
         profiler = Profiler(interval=0.01)
         profiler.start()
+    from flows.console import progress
+
+    progress("order_to_cash, first run:")
     first, wall, tasks = run_once(cfg_path)
     if profiler:
         profiler.stop()
         args.profile.write_text(profiler.output_text(unicode=False, color=False,
                                                      show_all=False))
+    progress("order_to_cash, second run (no new data):")
     second, rerun_wall, rerun_tasks = run_once(cfg_path)
     written = rows_written(args.url, second["run_id"])
     rows = tpch_rows(args.drop)

@@ -122,7 +122,7 @@ def run_database(db: str, url: str, drop: Path, work: Path, variants: tuple[str,
                         "--work", str(work / "orderhub"), "--invoice-target", json.dumps(target)]
                 if profile:
                     args += ["--profile", str(work / "profile.txt")]
-                res = run_variant(args, env=env)
+                res = run_variant(args, env=env, echo=lambda line: say(f"  {line.strip()}"))
         say(f"{db}: {variant} {res['wall_s']:.1f} s, {res.get('rows_per_s', 0):,.0f} rows/s, "
             f"peak RSS {res['peak_rss_mb']:,.0f} MB")
         out[variant] = res
