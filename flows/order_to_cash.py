@@ -401,8 +401,9 @@ def _kpis(settings: Settings, engine: Engine, rid: str) -> dict[str, Any]:
     progress("kpis ...")
     readers = source_total_readers(settings)
     audit = audit_sources(settings, engine, rid)
-    kpis.refresh_daily(engine, rid, readers=readers)
-    return {"audit": audit, "kpis": kpis.run_kpis(engine, rid, readers=readers, audit=audit)}
+    # the daily figures of the days the run touched, then the run's: one read of the payloads
+    _, figures = kpis.refresh_and_run_kpis(engine, rid, readers=readers, audit=audit)
+    return {"audit": audit, "kpis": figures}
 
 
 def _write_report(settings: Settings, engine: Engine, rid: str, figures: dict) -> Path:

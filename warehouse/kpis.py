@@ -58,7 +58,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    not_,
     or_,
     select,
     type_coerce,
@@ -94,6 +93,7 @@ __all__ = [
     "format_seconds",
     "latest_run",
     "record_audit",
+    "refresh_and_run_kpis",
     "refresh_daily",
     "run_kpis",
     "warehouse_count",
@@ -148,13 +148,38 @@ def run_kpis(engine: Engine, run_id: str, *, readers: Mapping[str, SourceTotal] 
     ``readers`` enable data accuracy; ``audit`` is ``flows.audit.audit_sources``' result (else
     the one stored in the run's summary under ``"audit"``, if any).
     """
+    return _run_kpis(engine, run_id, readers, audit, show)
+
+
+def refresh_and_run_kpis(engine: Engine, run_id: str, *,
+                         readers: Mapping[str, SourceTotal] | None = None,
+                         audit: Mapping[str, Any] | None = None,
+                         show: int = SHOW) -> tuple[dict[str, int], dict[str, Any]]:
+    """``refresh_daily(engine, run_id, readers=readers)`` then ``run_kpis(engine, run_id,
+    readers=readers, audit=audit, show=show)``, with the raw payloads read once, not twice.
+
+    The run's accuracy cohort (orders whose first ``captured`` event carries the run id) lies
+    inside the days the run touched, so the daily pass judges every order of the run as well:
+    the same verdicts, tallied under the run too. Returns (refresh counts, the run's KPIs)."""
+    wanted = days_touched(engine, run_id)
+    fresh, run_acc = _compute_daily(engine, wanted, readers, run_id=run_id, show=show)
+    families = COMPUTED + ((ACCURACY,) if readers is not None else ())
+    counts = {"days": len(wanted), **_write(engine, run_id, wanted, fresh, families)}
+    return counts, _run_kpis(engine, run_id, readers, audit, show, run_acc)
+
+
+def _run_kpis(engine: Engine, run_id: str, readers: Mapping[str, SourceTotal] | None,
+              audit: Mapping[str, Any] | None, show: int,
+              acc: _Accuracy | None = None) -> dict[str, Any]:
+    """run_kpis; ``acc``: the run's accuracy when already judged (refresh_and_run_kpis)."""
     scope = _Scope(run_id=run_id)
     with engine.connect() as conn:
         info = conn.execute(select(runs.c.flow, runs.c.started_at, runs.c.finished_at,
                                    runs.c.status, runs.c.summary)
                             .where(runs.c.id == run_id)).first()
         rows = _computed(conn, scope)
-        acc = _accuracy(conn, scope, readers, show) if readers is not None else None
+        if acc is None and readers is not None:
+            acc = _accuracy(conn, scope, readers, show)[0]
     if acc is not None:
         rows += acc.rows
     if audit is None and info is not None and isinstance(info.summary, dict):
@@ -180,14 +205,24 @@ def compute_daily(engine: Engine, days: Iterable[date], *,
                   readers: Mapping[str, SourceTotal] | None = None) -> list[KpiRow]:
     """The daily figures of ``days``, computed now (nothing written); missed orders excluded
     (they are measured against the sources: ``record_audit``)."""
+    return _compute_daily(engine, days, readers)[0]
+
+
+def _compute_daily(engine: Engine, days: Iterable[date],
+                   readers: Mapping[str, SourceTotal] | None, run_id: str | None = None,
+                   show: int = 0) -> tuple[list[KpiRow], _Accuracy | None]:
+    """compute_daily, and with ``run_id`` (and readers) the accuracy of that run's cohort, judged
+    in the same pass: exact when ``days`` hold every day the run captured an order on."""
     scope = _Scope(days=tuple(sorted(set(days))))
     if not scope.days:
-        return []
+        return [], (_Accuracy() if run_id is not None and readers is not None else None)
+    run_acc = None
     with engine.connect() as conn:
         rows = _computed(conn, scope)
         if readers is not None:
-            rows += _accuracy(conn, scope, readers, 0).rows
-    return sorted(rows, key=_row_order)
+            acc, run_acc = _accuracy(conn, scope, readers, 0, run_id=run_id, run_show=show)
+            rows += acc.rows
+    return sorted(rows, key=_row_order), run_acc
 
 
 def refresh_daily(engine: Engine, run_id: str, days: Iterable[date] | None = None, *,
@@ -430,19 +465,22 @@ def _automation(conn: Connection, scope: _Scope) -> list[KpiRow]:
                        or_(manual.c.from_state == "quarantined", manual.c.to_state == "cancelled")),
     )
 
-    def untouched_to(stage: str) -> ColumnElement[int]:
+    def reached(stage: str) -> ColumnElement[int]:
         went = order_events.alias(f"to_{stage}")
-        reached = exists().where(went.c.order_id == ev.c.order_id, went.c.to_state == stage)
-        return case((and_(reached, not_(touched)), 1), else_=0).label(f"auto_{stage}")
+        return case((exists().where(went.c.order_id == ev.c.order_id, went.c.to_state == stage), 1),
+                    else_=0).label(f"reached_{stage}")
 
-    base = (select(ev.c.order_id, *scope.keys(ev.c.at, d),
-                   *(untouched_to(s) for s in AUTOMATION_STAGES))
+    # touched is judged once per order, not once per stage
+    base = (select(ev.c.order_id, *scope.keys(ev.c.at, d), case((touched, 1), else_=0).label("touched"),
+                   *(reached(s) for s in AUTOMATION_STAGES))
             .select_from(ev.join(orders, orders.c.id == ev.c.order_id))
             .where(ev.c.from_state.is_(None), ev.c.to_state == "captured", scope.events(ev)))
     both = _both(base)
     keys = [both.c[k] for k in scope.key_names]
+    untouched = 1 - both.c.touched
     q = select(*keys, func.count().label("captured"),
-               *(func.sum(both.c[f"auto_{s}"]).label(s) for s in AUTOMATION_STAGES)).group_by(*keys)
+               *(func.sum(both.c[f"reached_{s}"] * untouched).label(s)
+                 for s in AUTOMATION_STAGES)).group_by(*keys)
     out = []
     for r in conn.execute(q).mappings():
         day = _as_date(r["day"]) if scope.daily else None
@@ -484,52 +522,84 @@ def _quarantine(conn: Connection, scope: _Scope) -> list[KpiRow]:
 
 
 def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal],
-              show: int) -> _Accuracy:
+              show: int, run_id: str | None = None,
+              run_show: int = 0) -> tuple[_Accuracy, _Accuracy | None]:
     """Stored total == sum of line amounts == the source's total in its raw payload.
 
     The line sums are SQL; the source's total needs the connector's mapping, so the scope's
-    orders are streamed once with their raw payloads (bounded memory: yield_per)."""
+    orders are streamed once with their raw payloads (bounded memory: yield_per). With
+    ``run_id`` (a daily scope) the orders of that run's cohort are also tallied as the run's
+    figures (second result, listing ``run_show`` inaccurate orders)."""
     d = conn.dialect.name
     ev = order_events.alias("ev")
-    cohort = (select(ev.c.order_id, *scope.keys(ev.c.at, d), orders.c.external_id, orders.c.total)
+    in_run = ([case((ev.c.run_id == run_id, 1), else_=0).label("in_run")]
+              if run_id is not None else [])
+    cohort = (select(ev.c.id.label("event_id"), ev.c.order_id, *scope.keys(ev.c.at, d),
+                     orders.c.external_id, orders.c.total, *in_run)
               .select_from(ev.join(orders, orders.c.id == ev.c.order_id))
               .where(ev.c.from_state.is_(None), ev.c.to_state == "captured", scope.events(ev))
-              .cte("cohort"))
-    # the line sums of the cohort's orders only: a grouped join, whatever plan the database picks
+              .subquery("cohort"))
+    # the line sums: each cohort row joined to its lines on the order_lines.order_id index and
+    # grouped, and the payload looked up per row on raw_records' key - a plan that stays sane
+    # whatever the database guesses about the cohort's size (no statistics yet after a load)
     ln = order_lines
-    sums = (select(ln.c.order_id, func.sum(ln.c.amount).label("line_sum"),
-                   func.count().label("n_lines"), func.count(ln.c.amount).label("n_amounts"))
-            .select_from(ln.join(cohort, cohort.c.order_id == ln.c.order_id))
-            .group_by(ln.c.order_id).subquery("sums"))
-    q = (select(cohort, sums.c.line_sum, sums.c.n_lines, sums.c.n_amounts, raw_records.c.payload)
-         .select_from(cohort.outerjoin(sums, sums.c.order_id == cohort.c.order_id).outerjoin(
-             raw_records, and_(raw_records.c.source == cohort.c.source,
-                               raw_records.c.stream == ORDERS_STREAM,
-                               raw_records.c.external_id == cohort.c.external_id)))
+    payload = (select(raw_records.c.payload)
+               .where(raw_records.c.source == cohort.c.source,
+                      raw_records.c.stream == ORDERS_STREAM,
+                      raw_records.c.external_id == cohort.c.external_id)
+               .scalar_subquery())
+    group = [c for c in cohort.c]
+    q = (select(*(c for c in cohort.c if c.name != "event_id"),
+                func.sum(ln.c.amount).label("line_sum"), func.count(ln.c.id).label("n_lines"),
+                func.count(ln.c.amount).label("n_amounts"), payload.label("payload"))
+         .select_from(cohort.outerjoin(ln, ln.c.order_id == cohort.c.order_id))
+         .group_by(*group)
          .order_by(cohort.c.order_id))
     checked: Counter[tuple] = Counter()
     accurate: Counter[tuple] = Counter()
     result = _Accuracy()
+    run = _Accuracy() if run_id is not None else None
+    days: dict[Any, date] = {}  # the day column's values, each read once
     if d == "postgresql":
         # A streamed read is a cursor, which PostgreSQL plans for the first 10 % of rows
         # (nested loops). Every row is read: plan for all of them (this transaction only).
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
     for r in conn.execution_options(yield_per=2000).execute(q).mappings():
+        mine = run is not None and r["in_run"] == 1
         reader = readers.get(r["source"])
         if reader is None:
             result.unchecked += 1
+            if mine:
+                run.unchecked += 1
             continue
-        day = _as_date(r["day"]) if scope.daily else None
+        if scope.daily:
+            day = days.get(r["day"])
+            if day is None:
+                day = days[r["day"]] = _as_date(r["day"])
+        else:
+            day = None
         problem = _accuracy_problem(r, reader)
-        for key in ((day, r["source"]), (day, ALL)):
+        keys = ((day, r["source"]), (day, ALL), (None, r["source"]), (None, ALL)) if mine else (
+            (day, r["source"]), (day, ALL))
+        for key in keys:
             checked[key] += 1
             accurate[key] += problem is None
-        if problem and len(result.inaccurate) < show:
-            result.inaccurate.append({"order_id": int(r["order_id"]), "source": r["source"],
-                                      "external_id": r["external_id"], "problem": problem})
-    result.rows = [row for (day, source), n in checked.items()
-                   if (row := _ratio(day, source, ACCURACY, accurate[(day, source)], n))]
-    return result
+        if problem:
+            found = {"order_id": int(r["order_id"]), "source": r["source"],
+                     "external_id": r["external_id"], "problem": problem}
+            if len(result.inaccurate) < show:
+                result.inaccurate.append(found)
+            if mine and len(run.inaccurate) < run_show:
+                run.inaccurate.append(found)
+    for (day, source), n in checked.items():
+        row = _ratio(day, source, ACCURACY, accurate[(day, source)], n)
+        if row is None:
+            continue
+        if scope.daily and day is None:
+            run.rows.append(row)  # type: ignore[union-attr]
+        else:
+            result.rows.append(row)
+    return result, run
 
 
 def _accuracy_problem(r: Mapping[str, Any], reader: SourceTotal) -> str | None:

@@ -612,6 +612,8 @@ kpi_daily = Table(
 )
 
 Index("ix_order_lines_order", order_lines.c.order_id)
+# 0005k: a run's events by run_id (warehouse/kpis.py, metrics.py)
+Index("ix_order_events_run_id", order_events.c.run_id)
 Index("ix_allocations_line", allocations.c.order_line_id)
 Index("ix_payments_reference", payments.c.reference)
 Index("ix_payment_matches_invoice", payment_matches.c.invoice_id)
