@@ -8,9 +8,12 @@ memory follows the chunk size, not the number of open orders. Per chunk a fixed 
 statements: one query for the work (orders, lines, their allocation rows), one for the stock of
 the skus no earlier chunk met (kept in memory, net of what earlier chunks reserved),
 the pure rules (``allocation_rules.plan_orders``) over plain values, then bulk writes (COPY on
-PostgreSQL, executemany on SQLite) and set-based transitions. Owners (``owners.assign_owners``,
-round-robin in order id order) follow in a second pass over the placed orders, in id order.
-All of it is ONE transaction.
+PostgreSQL, the driver's executemany on SQLite; each row's ``rule_inputs`` encoded once) and
+set-based transitions. The stock rows' ``reserved`` is written once, after the last chunk (one
+update per stock row in play, not one per chunk that took from it). Owners
+(``owners.assign_owners``, round-robin in order id order) follow in a second pass over the
+placed orders, in id order. All of it is ONE transaction. The cyclic GC's automatic full
+collections are paused meanwhile (``_young_gc_only``): they cost a third of the stage.
 
 - An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
   is written (it stays where it was, counted as ``unallocated``).
@@ -31,6 +34,7 @@ All of it is ONE transaction.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -48,10 +52,11 @@ from warehouse.allocation_rules import (
     OrderPlan,
     PriorityKey,
     Steps,
+    Warehouses,
     plan_orders,
     steps_label,
 )
-from warehouse.engine import begin_write, bulk_insert, id_queue, in_values
+from warehouse.engine import begin_write, id_queue, in_values, insert_rows, json_text
 from warehouse.orders import transition
 from warehouse.owners import (
     OwnerNeed,
@@ -71,6 +76,8 @@ REPLAYS = ("validated", "backordered", "allocated")
 PLACED = ("allocated", "backordered")
 # Orders decided per chunk: memory follows this, not the number of open orders.
 CHUNK_ORDERS = 5000
+# allocations columns of an insert row (``_Writes.inserts``), in this order
+INSERT_COLUMNS = ("order_line_id", "warehouse", "qty", "status", "rule_id", "rule_inputs", "run_id")
 
 
 @dataclass
@@ -95,11 +102,11 @@ class _Held:
 
 @dataclass
 class _Writes:
-    inserts: list[dict[str, Any]] = field(default_factory=list)
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)  # INSERT_COLUMNS values
     updates: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[int] = field(default_factory=list)
     merges: list[tuple[_Row, Decision, Decimal]] = field(default_factory=list)  # (row, step, added)
-    reserve: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reserve: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (sku, wh) -> qty
     to_allocated: list[int] = field(default_factory=list)
     to_backordered: list[int] = field(default_factory=list)
     lines_by_rule: Counter[str] = field(default_factory=Counter)
@@ -136,7 +143,7 @@ def allocate(
     """
     cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
     writes = _Writes()
-    with begin_write(engine) as conn:
+    with _young_gc_only(), begin_write(engine) as conn:
         queue_ids = (select(orders.c.id)
                      .outerjoin(customers, customers.c.id == orders.c.customer_id)
                      .where(orders.c.status.in_(TAKES)))
@@ -147,6 +154,7 @@ def allocate(
             # each stock row is read once, whatever the number of chunks
             stock_left: dict[str, dict[str, Decimal]] = {}
             regions: dict[str, str | None] = {}
+            views = Warehouses()  # per sku, worked out once for all chunks
             for ids in queue.chunks(chunk_size):
                 work, held = _fetch_work(conn, TAKES, lock=True, ids=ids)
                 if not work:
@@ -157,23 +165,50 @@ def allocate(
                     more, more_regions = _fetch_stock(conn, TAKES, lock=False, skus=new)
                     stock_left.update({sku: more.get(sku, {}) for sku in new})
                     regions.update(more_regions)
-                plans = plan_orders(work, {sku: stock_left[sku] for sku in skus}, regions, cfg)
+                plans = plan_orders(work, {sku: stock_left[sku] for sku in skus}, regions, cfg,
+                                    views)
                 chunk = _Writes()
                 for plan in plans:
                     _plan_writes(chunk, plan, held, run_id)
                 _resolve_merges(conn, chunk, run_id)
                 _write(conn, chunk, run_id)
-                for (sku, wh), qty in chunk.reserve.items():
-                    stock_left[sku][wh] -= qty  # what _write just reserved
+                total = writes.reserve
+                for key, qty in chunk.reserve.items():
+                    stock_left[key[0]][key[1]] -= qty  # reserved in the stock table below
+                    total[key] = total[key] + qty if key in total else qty
                 writes.add_counts(chunk)
                 if cfg.owners is not None:
                     queue.flag([n.order_id for n in _owner_needs(plans)])
+                del work, held, plans, chunk
+                gc.collect(1)  # this chunk's cyclic garbage, if any: the young generations only
+            # once for the whole run, not per chunk: a stock row in play is updated once, however
+            # many chunks took from it. Safe: a later chunk reads from the table only the stock
+            # of skus no earlier chunk met (what it reserved is in stock_left already)
+            _reserve(conn, writes.reserve, run_id)
             if cfg.owners is not None:
                 # owners go round-robin in order id order (not priority order): a second pass
                 for ids in queue.chunks(chunk_size, flagged=True, by_id=True):
                     writes.owners_assigned += _assign_owners(conn, _fetch_needs(conn, ids),
                                                              cfg.owners, run_id)
     return _counts(writes)
+
+
+@contextmanager
+def _young_gc_only() -> Iterator[None]:
+    """CPython's automatic collections paused for the stage (the previous state restored).
+
+    Deciding a chunk makes several small containers per line that all live until the chunk is
+    written; the automatic collector then runs full collections, each traversing the whole
+    heap, several times per chunk: a third of the stage's time, for garbage that reference
+    counting frees anyway. The caller collects the young generations after each chunk instead,
+    so what cyclic garbage there is stays bounded by a chunk."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def priority_order(priority: Sequence[PriorityKey]) -> list[Any]:
@@ -234,29 +269,36 @@ def _fetch_work(
         .where(*chosen)
         .order_by(order_lines.c.order_id, order_lines.c.line_no, allocations.c.id)
     )
-    lines: dict[int, list[tuple[int, int, str | None, Decimal | None]]] = {oid: [] for oid in heads}
+    lines: dict[int, list[LineIn]] = {oid: [] for oid in heads}
+    # only lines that have allocation rows get a _Held (most lines have none yet)
     held: dict[int, _Held] = {}
+    last = None  # a line's rows come together (ordered by order, line, allocation)
+    h: _Held | None = None
+    ln: LineIn | None = None
     for oid, lid, line_no, sku, qty, aid, wh, aqty, astatus, rule_id, arun in conn.execute(lines_q):
-        if oid not in heads:
-            continue  # another allocator holds it (SKIP LOCKED), or it moved on meanwhile
-        h = held.get(lid)
+        if lid != last:
+            last, h = lid, None
+            of_order = lines.get(oid)
+            if of_order is None:
+                ln = None  # another allocator holds it (SKIP LOCKED), or it moved on meanwhile
+                continue
+            ln = LineIn(lid, line_no, sku, qty, qty)  # waiting: all of it, unless rows say less
+            of_order.append(ln)
+        if aid is None or ln is None:
+            continue
         if h is None:
             h = held[lid] = _Held(sku)
-            lines[oid].append((lid, line_no, sku, qty))
-        if aid is None:
-            continue
         row = _Row(aid, wh, aqty, rule_id, arun)  # rule_inputs: read only when merging
         if astatus == "allocated" and wh is not None:
             h.allocated[wh] = row
         elif astatus == "backordered":
             h.backordered = row
+        ln.waiting = _waiting(h, qty)
     work = []
     for oid, (_, status, order_no, source, ordered_at, ship, owner, team, cust_region,
               group) in heads.items():
         work.append(OrderIn(
-            oid, status,
-            tuple(LineIn(lid, line_no, sku, qty, _waiting(held[lid], qty))
-                  for lid, line_no, sku, qty in lines[oid]),
+            oid, status, tuple(lines[oid]),
             ordered_at=ordered_at, ship_region=ship, customer_region=cust_region,
             customer_group=group, source=source, order_no=order_no, owner=owner, team=team))
     return work, held
@@ -333,8 +375,26 @@ def _plan_writes(w: _Writes, plan: OrderPlan, held: dict[int, _Held], run_id: st
     if plan.outcome == "unallocated":
         w.unallocated += 1
         return
+    lines_by_rule, reserve = w.lines_by_rule, w.reserve
     for ln, steps in plan.decisions:
-        h = held.get(ln.line_id) or _Held(ln.sku)
+        h = held.get(ln.line_id)
+        if h is None and len(steps) == 1:
+            # nearly every line of a new order: no rows yet, one decision; rows to insert
+            d = steps[0]
+            lines_by_rule[d.rule_id] += 1
+            text = json_text(d.inputs)
+            for p in d.allocated:
+                assert p.warehouse is not None and ln.sku is not None
+                key = (ln.sku, p.warehouse)
+                reserve[key] = reserve[key] + p.qty if key in reserve else p.qty
+                w.inserts.append((ln.line_id, p.warehouse, p.qty, "allocated", d.rule_id, text,
+                                  run_id))
+            if d.backordered:
+                w.inserts.append((ln.line_id, None, d.waiting, "backordered", d.rule_id, text,
+                                  run_id))
+            continue
+        if h is None:
+            h = _Held(ln.sku)
         bo = h.backordered
         if (len(steps) == 1 and not steps[0].allocated and bo is not None
                 and bo.qty == steps[0].waiting):
@@ -345,7 +405,8 @@ def _plan_writes(w: _Writes, plan: OrderPlan, held: dict[int, _Held], run_id: st
             w.lines_by_rule[d.rule_id] += 1
             for p in d.allocated:
                 assert p.warehouse is not None and ln.sku is not None
-                w.reserve[(ln.sku, p.warehouse)] += p.qty
+                key = (ln.sku, p.warehouse)
+                reserve[key] = reserve[key] + p.qty if key in reserve else p.qty
                 old = h.allocated.get(p.warehouse)
                 if old is not None:
                     # one row per (line, warehouse, status): add to it, keeping the earlier why
@@ -394,8 +455,9 @@ def _values(status: str, warehouse: str | None, qty: Decimal, d: Decision, run_i
 
 
 def _insert(ln: LineIn, status: str, warehouse: str | None, qty: Decimal, d: Decision,
-            run_id: str) -> dict[str, Any]:
-    return {"order_line_id": ln.line_id, **_values(status, warehouse, qty, d, run_id)}
+            run_id: str) -> tuple[Any, ...]:
+    """An allocations row in INSERT_COLUMNS order, its inputs as JSON text (encoded once)."""
+    return (ln.line_id, warehouse, qty, status, d.rule_id, json_text(d.inputs), run_id)
 
 
 def _update(row: _Row, status: str, warehouse: str | None, qty: Decimal, d: Decision, run_id: str,
@@ -419,21 +481,35 @@ def _write(conn: Connection, w: _Writes, run_id: str) -> None:
             w.updates,
         )
     if w.inserts:
-        bulk_insert(conn, allocations, w.inserts)  # COPY on PostgreSQL: ~10x an executemany
-    if w.reserve:
-        conn.execute(
-            update(stock)
-            .where(and_(stock.c.sku == bindparam("b_sku"), stock.c.warehouse == bindparam("b_wh")))
-            .values(reserved=stock.c.reserved + bindparam("b_qty", type_=stock.c.reserved.type),
-                    run_id=run_id),
-            [{"b_sku": s, "b_wh": wh, "b_qty": q} for (s, wh), q in sorted(w.reserve.items())],
-        )
+        # COPY on PostgreSQL (~10x an executemany), the driver's executemany on SQLite
+        insert_rows(conn, allocations, INSERT_COLUMNS, w.inserts)
     for ids, state, reason in (
         (w.to_allocated, "allocated", "every line allocated"),
         (w.to_backordered, "backordered", "a line waits for stock"),
     ):
         if ids:
             transition(conn, ids, state, run_id, reason)  # one statement set, any number of ids
+
+
+def _reserve(conn: Connection, reserve: Mapping[tuple[str, str], Decimal], run_id: str) -> None:
+    """Add what this run placed to the stock rows' ``reserved`` (in (sku, warehouse) order)."""
+    if not reserve:
+        return
+    if conn.dialect.name == "sqlite":
+        # the driver's executemany (one row per stock row in play): SQLAlchemy's per-row
+        # parameter building would be most of it. Numeric is a REAL on SQLite: float, as
+        # SQLAlchemy itself binds it
+        conn.exec_driver_sql(
+            "UPDATE stock SET reserved = reserved + ?, run_id = ? WHERE sku = ? AND warehouse = ?",
+            [(float(q), run_id, s, wh) for (s, wh), q in sorted(reserve.items())])
+    else:
+        conn.execute(
+            update(stock)
+            .where(and_(stock.c.sku == bindparam("b_sku"), stock.c.warehouse == bindparam("b_wh")))
+            .values(reserved=stock.c.reserved + bindparam("b_qty", type_=stock.c.reserved.type),
+                    run_id=run_id),
+            [{"b_sku": s, "b_wh": wh, "b_qty": q} for (s, wh), q in sorted(reserve.items())],
+        )
 
 
 def _owner_needs(plans: Sequence[OrderPlan]) -> list[OwnerNeed]:

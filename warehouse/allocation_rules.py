@@ -35,7 +35,6 @@ fire.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -301,10 +300,6 @@ def qty_text(q: Decimal) -> str:
     return format(q.normalize(), "f")
 
 
-def _s(q: Decimal) -> str:
-    return str(q)
-
-
 def _target_region(line: LineNeed) -> tuple[str | None, str | None]:
     """The region home_region-style rules look in, and where it came from."""
     if line.ship_region:
@@ -330,48 +325,88 @@ def choose(
     ``stock`` is warehouse -> available quantity for this line's sku (already net of what
     earlier lines took). A partial step may place less than the line (``decide`` goes on).
     """
-    skipped: dict[str, str] = {}  # rule id -> why it did not fire, in rule order
     region, region_from = _target_region(line)
-    # this runs for every line: sort once, and stringify / rank only what a rule looks at
-    seen = sorted(stock.items())
+    codes = sorted(stock)
+    return _choose(line.qty, region, region_from, stock, codes,
+                   _in_region(codes, warehouse_regions, region), warehouse_regions, rules)
+
+
+def _in_region(codes: Sequence[str], warehouse_regions: Mapping[str, str | None],
+               region: str | None) -> list[str]:
+    """The warehouses of ``codes`` in ``region`` (none when the region is unknown)."""
+    if region is None:
+        return []
+    return [w for w in codes if warehouse_regions.get(w) == region]
+
+
+def _choose(
+    qty: Decimal,
+    region: str | None,
+    region_from: str | None,
+    stock: Mapping[str, Decimal],
+    codes: Sequence[str],
+    home_codes: Sequence[str],
+    warehouse_regions: Mapping[str, str | None],
+    rules: Sequence[Rule],
+) -> Decision | None:
+    """``choose`` over precomputed views: ``codes`` are the sku's warehouses in code order (the
+    keys of ``stock``), ``home_codes`` those of them in ``region``. This runs for every line:
+    the common rule (one warehouse, the fullest) is one pass with no intermediate lists."""
+    skipped: dict[str, str] | None = None  # rule id -> why it did not fire, in rule order
     fullest: _Usable | None = None
-    qty = line.qty
+    sq = qty.__str__()
     for rule in rules:
         kind = rule.kind
-        inputs: dict[str, Any] = {"qty": _s(qty)}
         if kind == "backorder":
-            inputs["available"] = {w: _s(q) for w, q in seen}
+            inputs: dict[str, Any] = {"qty": sq, "available": {w: stock[w].__str__() for w in codes}}
             if skipped:
-                inputs["skipped"] = dict(skipped)
+                inputs["skipped"] = skipped
             return Decision(rule.id, (Pick(None, qty),), inputs)
         if rule.warehouse_in == "customer_region":
-            inputs["region"] = region
-            inputs["region_from"] = region_from
-            scope = ([(w, q) for w, q in seen if warehouse_regions.get(w) == region]
-                     if region is not None else [])
+            inputs = {"qty": sq, "region": region, "region_from": region_from}
+            scope = home_codes
         else:
-            if kind != "whole":
-                inputs["home"] = region  # split and partial prefer home-region warehouses
-            scope = seen
-        inputs["candidates"] = {w: _s(q) for w, q in scope}
+            inputs = {"qty": sq} if kind == "whole" else {"qty": sq, "home": region}
+            scope = codes
         if kind == "whole":
             # the common case, kept to one pass: the fullest (the lowest code on a tie)
-            best: tuple[str, Decimal] | None = None
-            for wq in scope:
-                if wq[1] > _ZERO and (best is None or wq[1] > best[1]):
-                    best = wq
-            usable = [best] if best is not None else []
-        elif scope is seen:
+            candidates: dict[str, str] = {}
+            best_w: str | None = None
+            best_q = _ZERO
+            for w in scope:
+                q = stock[w]
+                candidates[w] = q.__str__()
+                if q > best_q:
+                    best_w, best_q = w, q
+            inputs["candidates"] = candidates
+            if best_w is not None:
+                if best_q >= qty:
+                    if skipped:
+                        inputs["skipped"] = skipped
+                    return Decision(rule.id, (Pick(best_w, qty),), inputs)
+                why = (f"no single warehouse holds {qty_text(qty)} "
+                       f"(most: {qty_text(best_q)} at {best_w})")
+            elif rule.warehouse_in and region is None:
+                why = "no region known (no ship_region, no customer region)"
+            else:
+                why = "no stock in any candidate warehouse" if candidates else (
+                    "no warehouse in scope")
+            if skipped is None:
+                skipped = {}
+            skipped[rule.id] = why
+            continue
+        inputs["candidates"] = {w: stock[w].__str__() for w in scope}
+        if scope is codes:
             if fullest is None:
-                fullest = sorted(((w, q) for w, q in seen if q > _ZERO), key=_FULLEST)
+                fullest = sorted(((w, stock[w]) for w in codes if stock[w] > _ZERO), key=_FULLEST)
             usable = fullest
         else:
-            usable = sorted(((w, q) for w, q in scope if q > _ZERO), key=_FULLEST)
+            usable = sorted(((w, stock[w]) for w in scope if stock[w] > _ZERO), key=_FULLEST)
         if kind == "split":
             inputs["max_warehouses"] = rule.max_warehouses
         if usable:
             home = ({w for w, _ in usable if warehouse_regions.get(w) == region}
-                    if region is not None and kind != "whole" else set())
+                    if region is not None else set())
             picks, why = _RULE_KINDS[kind](qty, usable, rule, home)
         elif rule.warehouse_in and region is None:
             picks, why = None, "no region known (no ship_region, no customer region)"
@@ -380,10 +415,12 @@ def choose(
             why = "no stock in any candidate warehouse" if inputs["candidates"] else (
                 "no warehouse in scope")
         if picks is None:
+            if skipped is None:
+                skipped = {}
             skipped[rule.id] = why
             continue
         if skipped:
-            inputs["skipped"] = dict(skipped)
+            inputs["skipped"] = skipped
         return Decision(rule.id, tuple(picks), inputs)
     return None
 
@@ -465,15 +502,33 @@ def decide(
     (every rule is monotone: with less stock it never fires where it did not). Each step takes
     stock, so this ends within one step per warehouse, plus one.
     """
+    region, region_from = _target_region(line)
+    codes = sorted(stock)
+    return _decide(line.qty, region, region_from, stock, codes,
+                   _in_region(codes, warehouse_regions, region), warehouse_regions, rules)
+
+
+def _decide(
+    need: Decimal,
+    region: str | None,
+    region_from: str | None,
+    stock: Mapping[str, Decimal],
+    codes: Sequence[str],
+    home_codes: Sequence[str],
+    warehouse_regions: Mapping[str, str | None],
+    rules: Sequence[Rule],
+) -> Steps | None:
+    """``decide`` over the precomputed views of ``_choose``."""
+    d = _choose(need, region, region_from, stock, codes, home_codes, warehouse_regions, rules)
+    if d is None:
+        return None
+    allocated = d.allocated
+    if not allocated or (len(allocated) == 1 and allocated[0].qty >= need):
+        return (d,)  # nearly every line: one step
     left = stock  # copied only when a partial step goes on
-    need = line.qty
     steps: list[Decision] = []
     while True:
-        d = choose(line if need == line.qty else line._replace(qty=need), left, warehouse_regions,
-                   rules)
         if d is None:
-            if not steps:
-                return None
             # no catch-all for the rest: it waits under the step that left it
             last = steps[-1]
             steps[-1] = Decision(last.rule_id, (*last.picks, Pick(None, need)), last.inputs)
@@ -486,6 +541,7 @@ def decide(
         for p in d.allocated:
             left[p.warehouse] -= p.qty  # type: ignore[index]
         need -= placed
+        d = _choose(need, region, region_from, left, codes, home_codes, warehouse_regions, rules)
 
 
 def steps_label(steps: Steps | None) -> str:
@@ -554,53 +610,99 @@ def priority_inputs(order: OrderIn, priority: Sequence[PriorityKey]) -> dict[str
     return out
 
 
+class Warehouses:
+    """Per sku, its stock's warehouses in code order, and those of them in a region: what
+    every line's rules scan, worked out once per sku (and region), not per line. It depends
+    only on which warehouses hold the sku and their regions, so a caller deciding several
+    batches against the same stock rows (allocation's chunks) keeps one for all of them."""
+
+    __slots__ = ("by_sku",)
+
+    def __init__(self) -> None:
+        # sku -> (its warehouses in code order, region -> those of them in the region)
+        self.by_sku: dict[str, tuple[list[str], dict[str | None, list[str]]]] = {}
+
+
 def plan_orders(
     work: Iterable[OrderIn],
     stock: Mapping[str, Mapping[str, Decimal]],
     warehouse_regions: Mapping[str, str | None],
     config: AllocationConfig,
+    warehouses: Warehouses | None = None,
 ) -> list[OrderPlan]:
     """Decide every order, in priority order, each taking the stock earlier orders left.
 
     ``stock`` is sku -> warehouse -> available. An order is all-or-nothing: when no rule can
     place one of its lines it is ``unallocated`` and takes nothing. Lines whose ``waiting`` is
-    None are already allocated and left alone.
+    None are already allocated and left alone. ``warehouses``: the views of earlier calls over
+    the same stock rows (see ``Warehouses``).
     """
     available = {sku: dict(by_wh) for sku, by_wh in stock.items()}
+    rules = config.rules
+    no_stock: dict[str, Decimal] = {}
+    views = (warehouses if warehouses is not None else Warehouses()).by_sku
     plans: list[OrderPlan] = []
     for order in sorted(work, key=lambda o: priority_key(o, config.priority)):
-        if not order.lines or any(
-            ln.sku is None or ln.qty is None or ln.qty <= 0 for ln in order.lines
-        ):
+        lines = order.lines
+        usable = bool(lines)
+        for ln in lines:
+            if ln.sku is None or ln.qty is None or ln.qty <= 0:
+                usable = False
+                break
+        if not usable:
             plans.append(OrderPlan(order, "skipped"))  # checks should never let this through
             continue
         prio = priority_inputs(order, config.priority) if config.priority else None
-        taken: Counter[tuple[str, str]] = Counter()
+        region, region_from = _order_region(order)
+        taken: dict[str, dict[str, Decimal]] = {}  # sku -> warehouse -> what this order took
         decided: list[tuple[LineIn, Steps]] = []
-        for ln in order.lines:
-            if ln.waiting is None or ln.waiting <= 0:
+        for ln in lines:
+            waiting = ln.waiting
+            if waiting is None or waiting <= 0:
                 continue
             sku = ln.sku
             assert sku is not None  # checked above; for the type checker
-            left = available.get(sku, {})  # read-only below; net of this order's earlier lines:
-            if taken and any(k[0] == sku for k in taken):
-                left = {w: q - taken[(sku, w)] for w, q in left.items()}
-            need = LineNeed(sku, ln.waiting, order.ship_region, order.customer_region)
-            steps = decide(need, left, warehouse_regions, config.rules)
+            left = available.get(sku, no_stock)  # read-only below; net of this order's lines:
+            mine = taken.get(sku) if taken else None
+            if mine:
+                left = {w: q - mine[w] if w in mine else q for w, q in left.items()}
+            view = views.get(sku)
+            if view is None:
+                view = views[sku] = (sorted(left), {})
+            codes, homes = view
+            home = homes.get(region)
+            if home is None:
+                home = homes[region] = _in_region(codes, warehouse_regions, region)
+            steps = _decide(waiting, region, region_from, left, codes, home, warehouse_regions,
+                            rules)
             if steps is None:
                 break
-            if prio:
-                for d in steps:
-                    d.inputs["priority"] = prio  # a fresh dict per decision: safe to extend
             for d in steps:
+                if prio:
+                    d.inputs["priority"] = prio  # a fresh dict per decision: safe to extend
                 for p in d.allocated:
-                    taken[(sku, p.warehouse)] += p.qty  # type: ignore[index]
+                    if mine is None:
+                        mine = taken[sku] = {}
+                    w = p.warehouse
+                    assert w is not None
+                    mine[w] = mine[w] + p.qty if w in mine else p.qty
             decided.append((ln, steps))
         else:
-            for (sku, w), q in taken.items():
-                available[sku][w] -= q
+            for sku, by_wh in taken.items():
+                have = available[sku]
+                for w, q in by_wh.items():
+                    have[w] -= q
             waits = any(d.backordered for _, steps in decided for d in steps)
             plans.append(OrderPlan(order, "backordered" if waits else "allocated", tuple(decided)))
             continue
         plans.append(OrderPlan(order, "unallocated"))
     return plans
+
+
+def _order_region(order: OrderIn) -> tuple[str | None, str | None]:
+    """As ``_target_region``, for an order."""
+    if order.ship_region:
+        return order.ship_region, "ship_region"
+    if order.customer_region:
+        return order.customer_region, "customer_region"
+    return None, None
