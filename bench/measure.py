@@ -13,7 +13,8 @@ least ``rows``), writes ``child_report`` and turns an exception into one stderr 
 status 1. ``child_report(path, **fields)`` writes the fields plus ``peak_rss_mb``,
 ``peak_rss_self_mb``, ``peak_rss_children_mb`` and ``rows_per_s``.
 
-``peak_rss_mb`` is the max of ``getrusage(RUSAGE_SELF).ru_maxrss`` and
+``peak_rss_mb`` is the max of the process's own high-water RSS (``VmHWM`` on Linux, else
+``getrusage(RUSAGE_SELF).ru_maxrss``) and
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the largest terminated, waited-for descendant), not
 their sum: it is the largest single process of the variant. A database server (PostgreSQL) is
 not our descendant and is not counted.
@@ -61,9 +62,22 @@ def _maxrss_mb(who: int) -> float:
     return round(kib / 1024, 1)
 
 
+def _own_peak_mb() -> float:
+    """This process's high-water RSS. On Linux from /proc (VmHWM), because ``ru_maxrss``
+    survives fork + exec: a child started by a parent holding 1 GB would report 1 GB even if it
+    never used it (seen here: the runner holds the Kingdee fake's documents)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return _maxrss_mb(resource.RUSAGE_SELF)
+
+
 def peak_rss() -> dict[str, float]:
     """``peak_rss_mb`` = max(self, largest waited-for child), with both parts."""
-    own = _maxrss_mb(resource.RUSAGE_SELF)
+    own = _own_peak_mb()
     children = _maxrss_mb(resource.RUSAGE_CHILDREN)
     return {"peak_rss_mb": max(own, children), "peak_rss_self_mb": own, "peak_rss_children_mb": children}
 
