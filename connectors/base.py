@@ -79,7 +79,9 @@ id) every page carries it; otherwise only the last page does (earlier pages carr
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -447,3 +449,20 @@ class Connector:
             raise ValueError(
                 f"{self.system} source {self.name!r} has no stream {stream!r} (has: {known})"
             ) from None
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """CPython's cyclic garbage collection paused inside the block (its state restored after).
+
+    Hot paths that build rows, dicts and small containers by the hundred thousand (a page of
+    records, a landed batch, an allocation chunk) make no cycles, and reference counting frees
+    them; the automatic collector would still walk them all again every few hundred
+    allocations: a quarter to a half of those paths' time, for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -60,10 +60,8 @@ cheap count; no column is read).
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -85,6 +83,7 @@ from connectors.base import (
     parse_datetime,
     parse_decimal,
     parse_text,
+    paused_gc,
     to_iso,
 )
 from connectors.files import ConfirmationPush, _folder, _one_line
@@ -384,7 +383,7 @@ class TpchConnector(ConfirmationPush, Connector):
                                      self.batch_rows):
             if extra is not None:
                 batch = extra(batch)
-            with _no_gc():
+            with paused_gc():
                 records = [RawRecord(ident(row), mtime, row) for row in _rows(batch)]
             yield Page(records, Cursor(stamp, f"{int(pos[-1]):0{PAD}d}"))
 
@@ -426,7 +425,7 @@ class TpchConnector(ConfirmationPush, Connector):
             starts = np.searchsorted(lkeys, okeys, side="left")
             ends = np.searchsorted(lkeys, okeys, side="right")
             self.orphan_lines += cut - int((ends - starts).sum())
-            with _no_gc():  # dicts by the hundred thousand, no cycles: half the time
+            with paused_gc():  # dicts by the hundred thousand, no cycles: half the time
                 line_rows = _rows(mine) if mine is not None and cut else []
                 regions = pc.take(cust_regions, pc.index_in(ob.column("o_custkey"),
                                                             value_set=cust_keys)).to_pylist()
@@ -589,19 +588,6 @@ def _keys(column: pa.Array) -> np.ndarray:
     if column.null_count:
         raise ValueError("a key column has nulls")
     return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """The cyclic GC paused while rows become dicts (acyclic): it otherwise rescans the young
-    dicts again and again and takes half of the read's time. The previous state is restored."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _rows(data: pa.RecordBatch | pa.Table) -> list[dict]:

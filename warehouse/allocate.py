@@ -13,7 +13,7 @@ set-based transitions. The stock rows' ``reserved`` is written once, after the l
 update per stock row in play, not one per chunk that took from it). Owners
 (``owners.assign_owners``, round-robin in order id order) follow in a second pass over the
 placed orders, in id order. All of it is ONE transaction. The cyclic GC's automatic full
-collections are paused meanwhile (``_young_gc_only``): they cost a third of the stage.
+collections are paused meanwhile (``paused_gc``): they cost a third of the stage.
 
 - An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
   is written (it stays where it was, counted as ``unallocated``).
@@ -44,6 +44,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, delete, func, select, update
 
+from connectors.base import paused_gc
 from warehouse.allocation_rules import (
     AllocationConfig,
     Decision,
@@ -143,7 +144,7 @@ def allocate(
     """
     cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
     writes = _Writes()
-    with _young_gc_only(), begin_write(engine) as conn:
+    with paused_gc(), begin_write(engine) as conn:
         queue_ids = (select(orders.c.id)
                      .outerjoin(customers, customers.c.id == orders.c.customer_id)
                      .where(orders.c.status.in_(TAKES)))
@@ -191,24 +192,6 @@ def allocate(
                     writes.owners_assigned += _assign_owners(conn, _fetch_needs(conn, ids),
                                                              cfg.owners, run_id)
     return _counts(writes)
-
-
-@contextmanager
-def _young_gc_only() -> Iterator[None]:
-    """CPython's automatic collections paused for the stage (the previous state restored).
-
-    Deciding a chunk makes several small containers per line that all live until the chunk is
-    written; the automatic collector then runs full collections, each traversing the whole
-    heap, several times per chunk: a third of the stage's time, for garbage that reference
-    counting frees anyway. The caller collects the young generations after each chunk instead,
-    so what cyclic garbage there is stays bounded by a chunk."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def priority_order(priority: Sequence[PriorityKey]) -> list[Any]:

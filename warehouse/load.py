@@ -18,12 +18,10 @@ and every write is one executemany statement; nothing is looked up row by row.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 
-from connectors.base import Cursor, RawRecord
+from connectors.base import Cursor, RawRecord, paused_gc
 from warehouse.engine import begin_write, bulk_insert, copy_rows, dialect_insert, in_values, json_default
 from warehouse.money import ROUNDING, MoneyError, decimals
 from warehouse.orders import transition
@@ -118,22 +116,6 @@ class LoadCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside the block (restored after, when it was on).
-
-    Landing a batch allocates rows by the hundred thousand and frees nothing until the end:
-    every few hundred allocations the collector would walk them all again, for nothing (the rows
-    hold no cycles). That walking was a quarter of an ingest's time."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # --------------------------------------------------------------------------------- hashing
