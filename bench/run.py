@@ -122,6 +122,7 @@ def run_database(db: str, url: str, drop: Path, work: Path, variants: tuple[str,
                         "--work", str(work / "orderhub"), "--invoice-target", json.dumps(target)]
                 if profile:
                     args += ["--profile", str(work / "profile.txt")]
+                    say(f"profile: {work / 'profile.txt'}")
                 res = run_variant(args, env=env, echo=lambda line: say(f"  {line.strip()}"))
         say(f"{db}: {variant} {res['wall_s']:.1f} s, {res.get('rows_per_s', 0):,.0f} rows/s, "
             f"peak RSS {res['peak_rss_mb']:,.0f} MB")
@@ -241,6 +242,22 @@ def memory_scaling(out: Path, report: dict[str, Any], base_sf: float = 0.1) -> d
     return scaling
 
 
+def _own_work_dir(work: Path) -> Path:
+    """``work``, emptied — or ``work-<pid>`` when another live run holds it: two runs side by
+    side must not delete each other's databases."""
+    holder = work / ".pid"
+    try:
+        os.kill(int(holder.read_text()), 0)
+        work = work.with_name(f"{work.name}-{os.getpid()}")
+        say(f"another run uses {holder.parent}; working in {work}")
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / ".pid").write_text(str(os.getpid()))
+    return work
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--sf", type=float, default=0.1, help="TPC-H scale factor (default 0.1)")
@@ -262,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.tpch import generate_tpch
 
     sf_label = f"{args.sf:g}"
-    work = args.work / f"sf{sf_label}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = _own_work_dir(args.work / f"sf{sf_label}")
     say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
     t0 = time.perf_counter()
     truth = generate_tpch(args.sf, work / "drop", defect_rate=args.defect_rate,
