@@ -234,6 +234,46 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
     if conn.dialect.name == "postgresql":
         copy_rows(conn, table.name, table, rows, columns)
         return
+    names = ", ".join(f'"{n}"' for n in columns)
+    marks = ", ".join("?" for _ in columns)
+    conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',
+                         _driver_rows(conn, table, columns, rows))
+
+
+def update_rows(conn: Connection, table: Table, key: str, columns: Sequence[str],
+                rows: Sequence[Sequence[Any]], only_where_null: str | None = None) -> int:
+    """UPDATE many rows, each found by ``key``, given as value tuples ``(key, *columns)``;
+    ``only_where_null``: a column that must still be NULL for a row to change. Returns the rows
+    changed. PostgreSQL: COPY into a temporary table, then one UPDATE ... FROM (a pipelined
+    executemany is one statement per row); SQLite: one executemany on the driver."""
+    if not rows:
+        return 0
+    def guard(alias: str) -> str:
+        return f' AND {alias}"{only_where_null}" IS NULL' if only_where_null else ""
+
+    if conn.dialect.name == "postgresql":
+        stage = f"_update_{uuid.uuid4().hex[:12]}"
+        listed = ", ".join(f'"{n}"' for n in (key, *columns))
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{stage}" ON COMMIT DROP AS '
+                             f'SELECT {listed} FROM "{table.name}" WITH NO DATA')
+        copy_rows(conn, stage, table, rows, (key, *columns))
+        sets = ", ".join(f'"{c}" = s."{c}"' for c in columns)
+        done = conn.exec_driver_sql(
+            f'UPDATE "{table.name}" AS t SET {sets} FROM "{stage}" AS s '
+            f'WHERE t."{key}" = s."{key}"{guard("t.")}').rowcount
+        conn.exec_driver_sql(f'DROP TABLE "{stage}"')
+        return done
+    sets = ", ".join(f'"{c}" = ?' for c in columns)
+    moved = [(*values[1:], values[0]) for values in _driver_rows(conn, table, (key, *columns),
+                                                                    rows)]
+    return conn.exec_driver_sql(f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?{guard("")}',
+                                moved).rowcount
+
+
+def _driver_rows(conn: Connection, table: Table, columns: Sequence[str],
+                 rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Value tuples as the SQLite driver takes them: each column's own bind conversion
+    (Decimal -> float for Numeric, our TypeDecorators; JSON as text) applied where needed."""
     dialect = conn.dialect
     steps: list[Any] = []
     for name in columns:
@@ -241,20 +281,17 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
         steps.append(_json_text if isinstance(sql_type, JSON)
                      else sql_type.dialect_impl(dialect).bind_processor(dialect))
     convert = [(i, f) for i, f in enumerate(steps) if f is not None]
-    if convert:
-        converted = []
-        for values in rows:
-            values = list(values)
-            for i, f in convert:
-                v = values[i]
-                if v is not None:
-                    values[i] = f(v)
-            converted.append(tuple(values))
-        rows = converted
-    names = ", ".join(f'"{n}"' for n in columns)
-    marks = ", ".join("?" for _ in columns)
-    conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',
-                         [r if type(r) is tuple else tuple(r) for r in rows])
+    if not convert:
+        return [r if type(r) is tuple else tuple(r) for r in rows]
+    converted = []
+    for values in rows:
+        values = list(values)
+        for i, f in convert:
+            v = values[i]
+            if v is not None:
+                values[i] = f(v)
+        converted.append(tuple(values))
+    return converted
 
 
 def id_windows(conn: Connection, id_col: ColumnElement[int], size: int,

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from warehouse.engine import dialect_insert, in_values, json_text
+from warehouse.engine import dialect_insert, in_values, update_rows
 from warehouse.schema import orders, owner_counters
 
 OWNER_KEYS = ("territories", "teams", "default_team")
@@ -182,26 +182,9 @@ def write_owners(conn: Connection, decisions: Sequence[OwnerDecision], before: M
     """Set the orders' owners (only where none is set yet) and move the counters that moved."""
     if not decisions:
         return 0
-    if conn.dialect.name == "sqlite":
-        # one executemany on the driver, inputs encoded once: SQLAlchemy's per-row parameter
-        # building was most of this (an allocation run sets thousands of owners per chunk)
-        done = conn.exec_driver_sql(
-            "UPDATE orders SET owner = ?, team = ?, owner_rule = ?, owner_inputs = ?, run_id = ? "
-            "WHERE id = ? AND owner IS NULL",
-            [(d.owner, d.team, d.rule, json_text(d.inputs), run_id, d.order_id)
-             for d in decisions],
-        ).rowcount
-    else:
-        done = conn.execute(
-            update(orders)
-            .where(orders.c.id == bindparam("b_id"), orders.c.owner.is_(None))
-            .values(owner=bindparam("b_owner"), team=bindparam("b_team"),
-                    owner_rule=bindparam("b_rule"),
-                    owner_inputs=bindparam("b_inputs", type_=orders.c.owner_inputs.type),
-                    run_id=run_id),
-            [{"b_id": d.order_id, "b_owner": d.owner, "b_team": d.team, "b_rule": d.rule,
-              "b_inputs": d.inputs} for d in decisions],
-        ).rowcount
+    done = update_rows(conn, orders, "id", ("owner", "team", "owner_rule", "owner_inputs", "run_id"),
+                       [(d.order_id, d.owner, d.team, d.rule, d.inputs, run_id)
+                        for d in decisions], only_where_null="owner")
     moved = [{"b_team": t, "b_n": n} for t, n in sorted(after.items()) if before.get(t, 0) != n]
     if moved:
         conn.execute(update(owner_counters).where(owner_counters.c.team == bindparam("b_team"))
