@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, text, update
+from sqlalchemy import Connection, Engine, Table, delete, select, text
 
-from warehouse.engine import begin_write, bulk_insert, in_values
+from warehouse.engine import begin_write, in_values, insert_rows, update_rows
 from warehouse.orders import transition
 from warehouse.reconcile_rules import (
     FxRate,
@@ -89,61 +89,65 @@ def _load(conn: Connection) -> tuple[list[Invoice], list[Payment], list[FxRate]]
 
 
 def _sync(conn: Connection, table: Table, key: Sequence[str], cols: Sequence[str],
-          wanted: Mapping[tuple[Any, ...], Mapping[str, Any]], run_id: str,
+          wanted: Mapping[tuple[Any, ...], tuple[Any, ...]], run_id: str,
           delete_missing: bool = True) -> tuple[int, int, int]:
-    """Make ``table`` hold exactly ``wanted`` (key tuple -> values of ``cols``), touching only rows
-    that differ. Returns (inserted, updated, deleted)."""
+    """Make ``table`` hold exactly ``wanted`` (key tuple -> values of ``cols``, in that order),
+    touching only rows that differ. Returns (inserted, updated, deleted)."""
     dialect = conn.dialect.name
-    have: dict[tuple[Any, ...], Any] = {
-        tuple(r._mapping[k] for k in key): r
+    # the tables synced by more than one key column have a surrogate id to update and delete by
+    by_id = "id" in table.c and "id" not in key
+    if len(key) > 1 and not by_id:
+        raise ValueError(f"{table.name}: a composite key needs a surrogate id")
+    n_key, n_cols = len(key), len(cols)
+    have: dict[tuple[Any, ...], tuple[Any, ...]] = {
+        tuple(r[:n_key]): tuple(r[n_key:])  # the values of cols, then the id when by_id
         for r in conn.execute(select(*(table.c[k] for k in key), *(table.c[c] for c in cols),
-                                     *([table.c.id] if "id" in table.c and "id" not in key else [])))
+                                     *([table.c.id] if by_id else [])))
     }
-    inserts = [{**dict(zip(key, k, strict=True)), **v, "run_id": run_id}
-               for k, v in wanted.items() if k not in have]
-    updates = [{**{f"_k_{n}": x for n, x in zip(key, k, strict=True)}, **v, "run_id": run_id}
-               for k, v in wanted.items()
-               if k in have and any(have[k]._mapping[c] != v[c] for c in cols)]
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    for k, values in wanted.items():
+        now = have.get(k)
+        if now is None:
+            inserts.append((*k, *values, run_id))
+        elif now[:n_cols] != values:
+            updates.append((now[n_cols] if by_id else k[0], *values, run_id))
     gone = [k for k in have if k not in wanted] if delete_missing else []
     if gone:
-        # the tables synced by more than one key column have a surrogate id to delete by
-        if len(key) == 1:
-            conn.execute(delete(table).where(in_values(table.c[key[0]], [k[0] for k in gone], dialect)))
+        if by_id:
+            conn.execute(delete(table).where(in_values(table.c.id, [have[k][n_cols] for k in gone],
+                                                       dialect)))
         else:
-            ids = [have[k]._mapping["id"] for k in gone]
-            conn.execute(delete(table).where(in_values(table.c.id, ids, dialect)))
-    if updates:
-        stmt = update(table).where(*(table.c[k] == bindparam(f"_k_{k}") for k in key))
-        stmt = stmt.values({c: bindparam(c) for c in (*cols, "run_id")})
-        conn.execute(stmt, updates)
-    bulk_insert(conn, table, inserts)
+            conn.execute(delete(table).where(in_values(table.c[key[0]], [k[0] for k in gone],
+                                                       dialect)))
+    update_rows(conn, table, "id" if by_id else key[0], (*cols, "run_id"), updates)
+    insert_rows(conn, table, (*key, *cols, "run_id"), inserts)
     return len(inserts), len(updates), len(gone)
 
 
-def _match_rows(result: Settlement) -> dict[tuple[Any, ...], dict[str, Any]]:
-    return {(a.payment_id, a.invoice_id): {
-        "amount": a.amount, "applied": a.applied, "fee": a.fee, "fx_rate": a.fx_rate,
-        "rule": a.rule, "reason": a.reason, "inputs": a.inputs or None}
-        for a in result.allocations}
+# wanted rows: key tuple -> values in MATCH_COLS / INVOICE_COLS / PAYMENT_COLS order (tuples, not
+# dicts: at 1.5 M invoices a dict per row was about a gigabyte)
+
+def _match_rows(result: Settlement) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    return {(a.payment_id, a.invoice_id): (a.amount, a.applied, a.fee, a.fx_rate, a.rule, a.reason,
+                                           a.inputs or None)
+            for a in result.allocations}
 
 
-def _invoice_rows(result: Settlement, invs: Iterable[Invoice]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def _invoice_rows(result: Settlement, invs: Iterable[Invoice]
+                  ) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     out = {}
     for inv in invs:
         o = result.invoices[inv.id]
-        out[(inv.id,)] = {
-            "invoice_no": inv.invoice_no, "customer_code": inv.customer, "currency": inv.currency,
-            "invoiced": o.invoiced, "applied": o.applied, "fees": o.fees, "excess": o.excess,
-            "outstanding": o.outstanding, "status": o.status}
+        out[(inv.id,)] = (inv.invoice_no, inv.customer, inv.currency, o.invoiced, o.applied, o.fees,
+                          o.excess, o.outstanding, o.status)
     return out
 
 
-def _payment_rows(result: Settlement) -> dict[tuple[Any, ...], dict[str, Any]]:
-    return {(o.payment_id,): {
-        "currency": o.currency, "received": o.received, "applied": o.applied,
-        "unapplied": o.unapplied, "status": o.status, "reason": o.reason,
-        "duplicate_of": o.duplicate_of, "on_account_invoice_id": o.on_account_invoice_id}
-        for o in result.payments.values()}
+def _payment_rows(result: Settlement) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    return {(o.payment_id,): (o.currency, o.received, o.applied, o.unapplied, o.status, o.reason,
+                              o.duplicate_of, o.on_account_invoice_id)
+            for o in result.payments.values()}
 
 
 # --- the run -------------------------------------------------------------------------------------
