@@ -389,21 +389,21 @@ def run_summary(settings: Settings, engine: Engine, rid: str, stages: dict) -> d
         "orders_by_status": metrics.orders_by_status(engine),
         "outbox": metrics.outbox_by_status(engine),
         "stages": stages,
-        "cycle_time": {s: metrics.cycle_times(engine, rid, s)
-                       for s in ("allocated", "invoiced", "paid")},
+        # "cycle_time" comes with the KPIs (_kpis): the same figures, computed once
     }
 
 
 def _kpis(settings: Settings, engine: Engine, rid: str) -> dict[str, Any]:
-    """The business's figures for this run; the missed-order audit asks each source itself."""
+    """The business's figures for this run, and the summary's cycle times read from them; the
+    missed-order audit asks each source itself."""
     from flows.audit import audit_sources, source_total_readers
 
     progress("kpis ...")
     readers = source_total_readers(settings)
     audit = audit_sources(settings, engine, rid)
-    # the daily figures of the days the run touched, then the run's: one read of the payloads
+    # the daily figures of the days the run touched and the run's: one pass over those days
     _, figures = kpis.refresh_and_run_kpis(engine, rid, readers=readers, audit=audit)
-    return {"audit": audit, "kpis": figures}
+    return {"audit": audit, "kpis": figures, "cycle_time": metrics.summary_cycle_times(figures)}
 
 
 def _write_report(settings: Settings, engine: Engine, rid: str, figures: dict) -> Path:

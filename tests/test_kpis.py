@@ -147,6 +147,11 @@ def test_data_accuracy_compares_total_lines_and_the_source(engine, world):
     assert by["kingdee"]["accuracy"] == {"orders": 4, "accurate": 3, "rate": D("0.75")}
     # without readers accuracy is not computed (rather than guessed)
     assert kpis.run_kpis(engine, R1)["accuracy"] is None
+    # ``show`` lists the first inaccurate orders by order id, the one pass the same
+    one = kpis.run_kpis(engine, R1, readers=READERS, show=1)["accuracy"]["inaccurate"]
+    assert [x["external_id"] for x in one] == ["5002"]
+    _, figures = kpis.refresh_and_run_kpis(engine, R1, readers=READERS, show=1)
+    assert figures["accuracy"]["inaccurate"] == one
 
 
 def test_accuracy_problems_are_named(engine, world):
@@ -388,3 +393,58 @@ def test_kpi_section_escapes_what_it_shows(engine, world):
     world.quarantine("s10", "<img src=x>&", T0 + s(10))
     html = kpi_section_html(engine, R1)
     assert "<img" not in html and "&lt;img src=x&gt;&amp;" in html
+
+
+# ------------------------------------------------------------- one pass: the daily and the run's
+
+
+def test_refresh_and_run_kpis_equals_the_daily_refresh_and_run_kpis_apart(engine, world):
+    """The order flow's single pass over the touched days gives each run exactly the figures
+    run_kpis computes on its own, and stores exactly compute_daily's, also when a run spans two
+    days that hold other runs' events (R3 below: s5 paid on D1, s2 allocated again on D2)."""
+    world.event("s5", "invoiced", "paid", T0 + s(5 * 3600), R3)
+    world.event("s2", "invoiced", "allocated", T0 + s(26 * 3600), R3)
+    world.event("s3", "captured", "validated", T0 + s(27 * 3600), R3)  # gated again, on D2
+    world.ops("s6", "note", T0 + s(28 * 3600), R3)
+    for run in (R1, R2, R3):
+        days = kpis.days_touched(engine, run)
+        alone = kpis.run_kpis(engine, run, readers=READERS)
+        daily = kpis.compute_daily(engine, days, readers=READERS)
+        counts, figures = kpis.refresh_and_run_kpis(engine, run, readers=READERS)
+        assert figures == alone
+        assert counts["days"] == len(days)
+        stored = [r for r in kpis.daily_kpis(engine, min(days), max(days))
+                  if r["metric"] != "missed_rate"]
+        assert stored == [r.as_dict() for r in daily]
+        assert metrics.summary_cycle_times(figures) == {
+            st: metrics.cycle_times(engine, run, st) for st in ("allocated", "invoiced", "paid")}
+    # R3 on its own: s1 paid (D2, 30 h) and s5 paid (D1, 5 h); s2 allocated again (its first
+    # allocation was in R1: in R3 it reached the stage 26 h after capture)
+    k = kpis.run_kpis(engine, R3)
+    assert k["cycle_time"]["paid"] == {"count": 2, "p50_s": D(18000), "p95_s": D(108000)}
+    assert k["cycle_time"]["allocated"] == {"count": 1, "p50_s": D(93600), "p95_s": D(93600)}
+
+
+def test_outbox_by_status_counts_each_operation_and_status(engine, world):
+    from sqlalchemy import insert
+
+    from warehouse.schema import outbox
+
+    statuses = ["done"] * 5 + ["pending", "failed", "sending"] + ["done", "failed"]
+    operations = ["fulfilment"] * 8 + ["invoice"] * 2
+    with begin_write(engine) as conn:
+        conn.execute(insert(outbox), [
+            {"idempotency_key": f"k{i}", "target": "shopify", "operation": op,
+             "business_key": f"b{i}", "order_id": world.ids["s1"], "payload": {},
+             "status": st, "attempts": 0, "created_at": T0, "run_id": R1}
+            for i, (op, st) in enumerate(zip(operations, statuses, strict=True))])
+        conn.execute(insert(outbox).values(
+            idempotency_key="k-sales", target="kingdee", operation="sales_order",
+            business_key="b-sales", order_id=None, payload={}, status="pending", attempts=0,
+            created_at=T0, run_id=R1))
+    got = metrics.outbox_by_status(engine)
+    assert got == {"fulfilment": {"done": 5, "failed": 1, "pending": 1, "sending": 1},
+                   "invoice": {"done": 1, "failed": 1}, "sales_order": {"pending": 1}}
+    assert [list(v) for v in got.values()] == [sorted(v) for v in got.values()]
+    assert list(got) == sorted(got)
+    assert metrics.outbox_by_status(engine) == got

@@ -5,8 +5,8 @@ Every figure is defined once here (docs/kpis.md says the same in prose, with exa
 - **cycle time** ``cycle_p50_s.<stage>`` / ``cycle_p95_s.<stage>``: seconds from an order's first
   ``captured`` event to its first event into ``allocated``, ``invoiced`` and ``paid``; orders
   counted where (run, or UTC day) they *reach* the stage. Percentiles are nearest-rank: the
-  value at rank ``ceil(p/100 * n)`` of the sorted spans (PostgreSQL's ``percentile_disc``),
-  computed in SQL with window functions, identically on SQLite and PostgreSQL.
+  value at rank ``ceil(p/100 * n)`` of the sorted spans (PostgreSQL's ``percentile_disc``):
+  the spans are computed in SQL (one statement, one row per order), sorted and ranked here.
 - **automation** ``automation_rate[.<stage>]``: of the orders first captured in the scope, the
   share that reached ``validated`` (``.allocated``, ``.invoiced``: that stage) with no human
   touch: no ``ops_actions`` row for the order, and no manual state change in ``order_events``
@@ -21,18 +21,21 @@ Every figure is defined once here (docs/kpis.md says the same in prose, with exa
   (every line has one) and the source's own total, read from the raw payload in ``raw_records``
   by the source's connector mapping (``readers``: source name -> payload -> total). Needs the
   readers (flows/audit.py builds them from orderhub.yaml); without them it is not computed.
-  This comparison is the one bounded fetch: one row per order of the scope, streamed.
+  One row per order of the scope, streamed (as the cycle times' spans are).
 - **missed orders** ``missed_rate``: measured by flows/audit.py against the sources' own
   listings, stored here with ``record_audit``.
 
 Scope: a run (events carrying its run id) or UTC days (events whose ``at`` falls on the day).
 Every figure is given per source and for all sources together (source ``"*"``). Ratios are
-``Decimal`` to 6 places, seconds to 3; each comes with its numerator and denominator.
+``Decimal`` to 6 places, seconds to 3; each comes with its numerator and denominator. The order
+flow asks for both at once (``refresh_and_run_kpis``): the days a run touched hold all of its
+events, so one pass over those days gives the daily figures and the run's.
 """
 
 from __future__ import annotations
 
 import json
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +48,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Float,
     Select,
     String,
     Subquery,
@@ -58,6 +62,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    null,
     or_,
     select,
     type_coerce,
@@ -156,30 +161,40 @@ def refresh_and_run_kpis(engine: Engine, run_id: str, *,
                          audit: Mapping[str, Any] | None = None,
                          show: int = SHOW) -> tuple[dict[str, int], dict[str, Any]]:
     """``refresh_daily(engine, run_id, readers=readers)`` then ``run_kpis(engine, run_id,
-    readers=readers, audit=audit, show=show)``, with the raw payloads read once, not twice.
+    readers=readers, audit=audit, show=show)``, in one pass over the warehouse, not two.
 
-    The run's accuracy cohort (orders whose first ``captured`` event carries the run id) lies
-    inside the days the run touched, so the daily pass judges every order of the run as well:
-    the same verdicts, tallied under the run too. Returns (refresh counts, the run's KPIs)."""
+    The days a run touched hold every event of the run, so each figure family's statement over
+    those days also tallies the events that carry the run id as the run's own figures (and the
+    raw payloads are read and mapped once): the same figures as the two calls, at the cost of
+    the daily refresh alone. Returns (refresh counts, the run's KPIs)."""
     wanted = days_touched(engine, run_id)
-    fresh, run_acc = _compute_daily(engine, wanted, readers, run_id=run_id, show=show)
+    scope = _Scope(run_id=run_id, days=tuple(wanted))
+    with engine.connect() as conn:
+        rows = _computed(conn, scope)
+        day_acc, run_acc = (_accuracy(conn, scope, readers, show) if readers is not None
+                            else (None, None))
+    if day_acc is not None:
+        rows += day_acc.rows
+    fresh = sorted((r for r in rows if r.day is not None), key=_row_order)
     families = COMPUTED + ((ACCURACY,) if readers is not None else ())
     counts = {"days": len(wanted), **_write(engine, run_id, wanted, fresh, families)}
-    return counts, _run_kpis(engine, run_id, readers, audit, show, run_acc)
+    mine = [r for r in rows if r.day is None]
+    return counts, _run_kpis(engine, run_id, readers, audit, show, run_acc, mine)
 
 
 def _run_kpis(engine: Engine, run_id: str, readers: Mapping[str, SourceTotal] | None,
               audit: Mapping[str, Any] | None, show: int,
-              acc: _Accuracy | None = None) -> dict[str, Any]:
-    """run_kpis; ``acc``: the run's accuracy when already judged (refresh_and_run_kpis)."""
+              acc: _Accuracy | None = None, computed: list[KpiRow] | None = None) -> dict[str, Any]:
+    """run_kpis; ``acc`` and ``computed``: the run's accuracy and other figures when already
+    computed (refresh_and_run_kpis)."""
     scope = _Scope(run_id=run_id)
     with engine.connect() as conn:
         info = conn.execute(select(runs.c.flow, runs.c.started_at, runs.c.finished_at,
                                    runs.c.status, runs.c.summary)
                             .where(runs.c.id == run_id)).first()
-        rows = _computed(conn, scope)
+        rows = _computed(conn, scope) if computed is None else list(computed)
         if acc is None and readers is not None:
-            acc = _accuracy(conn, scope, readers, show)[0]
+            acc = _accuracy(conn, scope, readers, show)[1]
     if acc is not None:
         rows += acc.rows
     if audit is None and info is not None and isinstance(info.summary, dict):
@@ -205,24 +220,14 @@ def compute_daily(engine: Engine, days: Iterable[date], *,
                   readers: Mapping[str, SourceTotal] | None = None) -> list[KpiRow]:
     """The daily figures of ``days``, computed now (nothing written); missed orders excluded
     (they are measured against the sources: ``record_audit``)."""
-    return _compute_daily(engine, days, readers)[0]
-
-
-def _compute_daily(engine: Engine, days: Iterable[date],
-                   readers: Mapping[str, SourceTotal] | None, run_id: str | None = None,
-                   show: int = 0) -> tuple[list[KpiRow], _Accuracy | None]:
-    """compute_daily, and with ``run_id`` (and readers) the accuracy of that run's cohort, judged
-    in the same pass: exact when ``days`` hold every day the run captured an order on."""
     scope = _Scope(days=tuple(sorted(set(days))))
     if not scope.days:
-        return [], (_Accuracy() if run_id is not None and readers is not None else None)
-    run_acc = None
+        return []
     with engine.connect() as conn:
         rows = _computed(conn, scope)
         if readers is not None:
-            acc, run_acc = _accuracy(conn, scope, readers, 0, run_id=run_id, run_show=show)
-            rows += acc.rows
-    return sorted(rows, key=_row_order), run_acc
+            rows += _accuracy(conn, scope, readers, 0)[0].rows  # type: ignore[union-attr]
+    return sorted(rows, key=_row_order)
 
 
 def refresh_daily(engine: Engine, run_id: str, days: Iterable[date] | None = None, *,
@@ -262,16 +267,17 @@ def days_touched(engine: Engine, run_id: str) -> list[date]:
         d = conn.dialect.name
         ev, cap = order_events.alias("ev"), order_events.alias("cap")
         initial = and_(cap.c.from_state.is_(None), cap.c.to_state == "captured")
-        # joins on order_id (indexed on both sides), not IN (...): a plan that stays sane even
-        # before the database has statistics of freshly loaded tables
+        # the orders the run moved or acted on, each once (a run moves an order through
+        # several states), joined to their capture on order_id (indexed), not IN (...): a plan
+        # that stays sane even before the database has statistics of freshly loaded tables
+        moved = union(select(ev.c.order_id).where(ev.c.run_id == run_id),
+                      select(ops_actions.c.order_id).where(ops_actions.c.run_id == run_id,
+                                                           ops_actions.c.order_id.is_not(None))
+                      ).subquery("moved")
         q = union(
             select(_day(ev.c.at, d).label("day")).where(ev.c.run_id == run_id),
             select(_day(cap.c.at, d)).select_from(
-                ev.join(cap, and_(cap.c.order_id == ev.c.order_id, initial)))
-            .where(ev.c.run_id == run_id),
-            select(_day(cap.c.at, d)).select_from(
-                ops_actions.join(cap, and_(cap.c.order_id == ops_actions.c.order_id, initial)))
-            .where(ops_actions.c.run_id == run_id),
+                moved.join(cap, and_(cap.c.order_id == moved.c.order_id, initial))),
         )
         return sorted({_as_date(day) for day in conn.scalars(q) if day is not None})
 
@@ -317,12 +323,17 @@ def accounted_ids(engine: Engine, source: str, ids: Iterable[str],
 
 
 def warehouse_count(engine: Engine, source: str, stream: str = ORDERS_STREAM) -> int:
-    """Distinct external ids the warehouse holds for a source: orders plus rejected records."""
-    ids = union(select(orders.c.external_id).where(orders.c.source == source),
-                select(rejected_records.c.external_id).where(
-                    rejected_records.c.source == source, rejected_records.c.stream == stream))
+    """Distinct external ids the warehouse holds for a source: orders plus rejected records.
+
+    Each table holds an id once (their unique keys), so: the source's orders, plus its rejected
+    records with no order of the same id - counted on the keys' indexes, no union to sort."""
+    rej = rejected_records
+    held = select(func.count()).select_from(orders).where(orders.c.source == source)
+    only_rejected = select(func.count()).select_from(rej).where(
+        rej.c.source == source, rej.c.stream == stream,
+        ~exists().where(orders.c.source == source, orders.c.external_id == rej.c.external_id))
     with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(ids.subquery())) or 0
+        return (conn.scalar(held) or 0) + (conn.scalar(only_rejected) or 0)
 
 
 def record_audit(engine: Engine, run_id: str, day: date,
@@ -346,30 +357,65 @@ def record_audit(engine: Engine, run_id: str, day: date,
 
 @dataclass(frozen=True)
 class _Scope:
-    """Which events a figure counts: one run's, or those on some UTC days (grouped by day)."""
+    """Which events a figure counts, and under which keys.
+
+    - ``run_id`` alone: the events carrying the run id; figures per source, day None.
+    - ``days`` alone: the events whose ``at`` falls on those UTC days; figures per day and source.
+    - both: the days' figures, and in the same statements the run's (day None), from the days'
+      events that carry the run id. Exact only when the days hold every event of the run, as
+      ``days_touched`` does (refresh_and_run_kpis): then the run's figures equal run_kpis'.
+    """
 
     run_id: str | None = None
     days: tuple[date, ...] = ()
 
     @property
     def daily(self) -> bool:
-        return self.run_id is None
+        """Figures per day (the days' events are the ones read)."""
+        return bool(self.days) or self.run_id is None
 
     @property
-    def key_names(self) -> tuple[str, ...]:
-        return ("day", "source") if self.daily else ("source",)
+    def per_run(self) -> bool:
+        """Figures of the run (day None)."""
+        return self.run_id is not None
 
     def events(self, ev: Any) -> ColumnElement[bool]:
-        if self.run_id is not None:
+        if not self.daily:
             return ev.c.run_id == self.run_id
         spans = [and_(ev.c.at >= _midnight(a), ev.c.at < _midnight(b + timedelta(days=1)))
                  for a, b in _ranges(self.days)]
         return or_(*spans) if spans else false()
 
-    def keys(self, at: ColumnElement[Any], dialect: str) -> list[ColumnElement[Any]]:
-        """The grouping columns of a base query: the event's UTC day (daily) and the source."""
-        day = [_day(at, dialect).label("day")] if self.daily else []
-        return [*day, orders.c.source.label("source")]
+    def in_run(self, ev: Any) -> ColumnElement[bool]:
+        """Whether an event of the scope is the run's (always, for a run's scope)."""
+        return ev.c.run_id == self.run_id
+
+    def keys(self, ev: Any, dialect: str) -> list[ColumnElement[Any]]:
+        """The key columns of a base query over events ``ev``: the event's UTC day (daily), the
+        source, and whether the event is the run's (days and a run: ``in_run``, 1 or 0)."""
+        day = [_day(ev.c.at, dialect).label("day")] if self.daily else []
+        mine = ([case((self.in_run(ev), 1), else_=0).label("in_run")]
+                if self.daily and self.per_run else [])
+        return [*day, orders.c.source.label("source"), *mine]
+
+    def grouped(self, sub: Subquery, aggregates: Sequence[ColumnElement[Any]],
+                by: Sequence[str] = (), where: ColumnElement[bool] | None = None) -> Any:
+        """``aggregates`` over the rows of ``sub`` (a base query's columns, e.g. through
+        ``_both``), per (day, source, *by) for the days and per (source, *by) over the run's
+        rows with a null day: one statement either way."""
+        keys = [sub.c.source, *(sub.c[b] for b in by)]
+        parts = []
+        if self.daily:
+            q = select(sub.c.day, *keys, *aggregates)
+            parts.append((q if where is None else q.where(where)).group_by(sub.c.day, *keys))
+        if self.per_run:
+            q = select(null().label("day"), *keys, *aggregates)
+            if where is not None:
+                q = q.where(where)
+            if self.daily:
+                q = q.where(sub.c.in_run == 1)
+            parts.append(q.group_by(*keys))
+        return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 def _ranges(days: Sequence[date]) -> list[tuple[date, date]]:
@@ -398,7 +444,9 @@ def _day(at: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
 def _seconds(start: ColumnElement[Any], end: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         ts = DateTime(timezone=True)
-        return extract("epoch", type_coerce(end, ts) - type_coerce(start, ts))
+        # epoch of an interval is numeric with 6 places (microseconds): as a double it keeps
+        # every digit (at most 15 significant below 31 years), so it sorts and prints the same
+        return cast(extract("epoch", type_coerce(end, ts) - type_coerce(start, ts)), Float)
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
@@ -418,40 +466,69 @@ def _computed(conn: Connection, scope: _Scope) -> list[KpiRow]:
 
 
 def _cycle(conn: Connection, scope: _Scope, stages: Sequence[str]) -> list[KpiRow]:
-    """Nearest-rank p50/p95 of capture -> stage spans, per key and stage, in one statement."""
+    """Nearest-rank p50/p95 of capture -> stage spans, per key and stage.
+
+    One statement gives each order of the scope its spans, a column per stage (and per scope,
+    the days' and the run's); the spans are sorted per key here and the value at rank
+    ceil(p/100 * n) taken: the value a window ranking in SQL would pick, without sorting
+    every span twice more (per source and for "*") inside the database."""
     d = conn.dialect.name
     ev, cap = order_events.alias("ev"), order_events.alias("cap")
-    reached = (select(ev.c.order_id, ev.c.to_state.label("stage"), func.min(ev.c.at).label("at"))
-               .where(ev.c.to_state.in_(stages), scope.events(ev))
-               .group_by(ev.c.order_id, ev.c.to_state).subquery("reached"))
-    # correlated on the order_events.order_id index: only the scope's orders are looked up
+    firsts = []  # per order: its first event into each stage, on the days / in the run
+    for i, stage in enumerate(stages):
+        into = ev.c.to_state == stage
+        if scope.daily:
+            firsts.append(func.min(case((into, ev.c.at))).label(f"d{i}"))
+        if scope.per_run:
+            mine = and_(into, scope.in_run(ev)) if scope.daily else into
+            firsts.append(func.min(case((mine, ev.c.at))).label(f"r{i}"))
+    # the first capture (any run, any day), looked up on the order_events.order_id index once
+    # per order; inside the grouped statement, which neither database inlines into the outer
+    # one, so it is not looked up again for every span that reads it
     captured = (select(func.min(cap.c.at))
-                .where(cap.c.order_id == reached.c.order_id, cap.c.to_state == "captured")
+                .where(cap.c.order_id == ev.c.order_id, cap.c.to_state == "captured")
                 .scalar_subquery())
-    # a CTE, not a subquery: SQLite would inline it and run the lookup once per use
-    pairs = select(reached, captured.label("captured_at")).cte("pairs")
-    spans = (select(pairs.c.order_id, pairs.c.stage, *scope.keys(pairs.c.at, d),
-                    _seconds(pairs.c.captured_at, pairs.c.at, d).label("s"))
-             .select_from(pairs.join(orders, orders.c.id == pairs.c.order_id))
-             .where(pairs.c.captured_at.is_not(None)))
-    both = _both(spans)
-    part = [both.c.stage, *(both.c[k] for k in scope.key_names)]
-    ranked = select(*part, both.c.s,
-                    func.row_number().over(partition_by=part, order_by=both.c.s).label("rn"),
-                    func.count().over(partition_by=part).label("n")).subquery("ranked")
-    n = ranked.c.n
-    keys = [ranked.c.stage, *(ranked.c[k] for k in scope.key_names)]
-
-    def rank(pct: int) -> ColumnElement[Any]:  # ceil(pct/100 * n), in integers on both databases
-        return func.max(case((ranked.c.rn == (pct * n + 99) // 100, ranked.c.s)))
-
-    q = select(*keys, n, rank(50).label("p50"), rank(95).label("p95")).group_by(*keys, n)
+    reached = (select(ev.c.order_id, *firsts, captured.label("captured_at"))
+               .where(ev.c.to_state.in_(stages), scope.events(ev))
+               .group_by(ev.c.order_id).subquery("reached"))
+    cols: list[ColumnElement[Any]] = [orders.c.source]
+    for i in range(len(stages)):
+        if scope.daily:
+            cols += [_day(reached.c[f"d{i}"], d).label(f"day{i}"),
+                     _seconds(reached.c.captured_at, reached.c[f"d{i}"], d).label(f"sd{i}")]
+        if scope.per_run:
+            cols.append(_seconds(reached.c.captured_at, reached.c[f"r{i}"], d).label(f"sr{i}"))
+    q = select(*cols).select_from(reached.join(orders, orders.c.id == reached.c.order_id))
+    # a span is null when the order did not reach the stage there, or was never captured
+    spans: dict[tuple[int, date | None], dict[str, array[float]]] = {}
+    days: dict[Any, date] = {}
+    for r in _stream(conn, q):
+        source, col = r[0], 1
+        for i in range(len(stages)):
+            if scope.daily:
+                day, s = r[col], r[col + 1]
+                col += 2
+                if s is not None:
+                    if day not in days:
+                        days[day] = _as_date(day)
+                    spans.setdefault((i, days[day]), {}).setdefault(source, array("d")).append(s)
+            if scope.per_run:
+                s = r[col]
+                col += 1
+                if s is not None:
+                    spans.setdefault((i, None), {}).setdefault(source, array("d")).append(s)
     out = []
-    for r in conn.execute(q).mappings():
-        day = _as_date(r["day"]) if scope.daily else None
-        for pct in ("p50", "p95"):
-            out.append(KpiRow(day, r["source"], f"cycle_{pct}_s.{r['stage']}",
-                              _dec(r[pct], SECONDS), None, int(r["n"])))
+    for (i, day), by_source in spans.items():
+        ordered = {source: sorted(values) for source, values in by_source.items()}
+        if len(ordered) == 1:
+            ordered[ALL] = next(iter(ordered.values()))
+        else:  # sorted runs, merged: cheap
+            ordered[ALL] = sorted([s for values in ordered.values() for s in values])
+        for source, values in ordered.items():
+            n = len(values)
+            for pct in (50, 95):  # rank ceil(pct/100 * n), 1-based, in integers
+                out.append(KpiRow(day, source, f"cycle_p{pct}_s.{stages[i]}",
+                                  _dec(values[(pct * n + 99) // 100 - 1], SECONDS), None, n))
     return out
 
 
@@ -471,19 +548,18 @@ def _automation(conn: Connection, scope: _Scope) -> list[KpiRow]:
                     else_=0).label(f"reached_{stage}")
 
     # touched is judged once per order, not once per stage
-    base = (select(ev.c.order_id, *scope.keys(ev.c.at, d), case((touched, 1), else_=0).label("touched"),
+    base = (select(ev.c.order_id, *scope.keys(ev, d), case((touched, 1), else_=0).label("touched"),
                    *(reached(s) for s in AUTOMATION_STAGES))
             .select_from(ev.join(orders, orders.c.id == ev.c.order_id))
             .where(ev.c.from_state.is_(None), ev.c.to_state == "captured", scope.events(ev)))
     both = _both(base)
-    keys = [both.c[k] for k in scope.key_names]
     untouched = 1 - both.c.touched
-    q = select(*keys, func.count().label("captured"),
-               *(func.sum(both.c[f"reached_{s}"] * untouched).label(s)
-                 for s in AUTOMATION_STAGES)).group_by(*keys)
+    q = scope.grouped(both, [func.count().label("captured"),
+                             *(func.sum(both.c[f"reached_{s}"] * untouched).label(s)
+                               for s in AUTOMATION_STAGES)])
     out = []
     for r in conn.execute(q).mappings():
-        day = _as_date(r["day"]) if scope.daily else None
+        day = _key_day(r["day"])
         for stage in AUTOMATION_STAGES:
             metric = "automation_rate" if stage == "validated" else f"automation_rate.{stage}"
             out.append(_ratio(day, r["source"], metric, int(r[stage] or 0), int(r["captured"])))
@@ -496,46 +572,40 @@ def _quarantine(conn: Connection, scope: _Scope) -> list[KpiRow]:
     ev = order_events.alias("ev")
     gate = and_(ev.c.from_state == "captured", scope.events(ev))
     joined = ev.join(orders, orders.c.id == ev.c.order_id)
-    gated_base = (select(ev.c.order_id, *scope.keys(ev.c.at, d)).select_from(joined)
+    gated_base = (select(ev.c.order_id, *scope.keys(ev, d)).select_from(joined)
                   .where(gate, ev.c.to_state.in_(("validated", "quarantined"))))
-    held_base = (select(ev.c.order_id, *scope.keys(ev.c.at, d), quarantine.c.check_id)
+    held_base = (select(ev.c.order_id, *scope.keys(ev, d), quarantine.c.check_id)
                  .select_from(joined.outerjoin(quarantine, quarantine.c.order_id == ev.c.order_id))
                  .where(gate, ev.c.to_state == "quarantined"))
     g, h = _both(gated_base), _both(held_base)
-    gkeys, hkeys = [g.c[k] for k in scope.key_names], [h.c[k] for k in scope.key_names]
-    gated = {tuple(r[:-1]): int(r[-1]) for r in conn.execute(
-        select(*gkeys, func.count(func.distinct(g.c.order_id))).group_by(*gkeys))}
-    per_check = conn.execute(
-        select(*hkeys, h.c.check_id, func.count(func.distinct(h.c.order_id)))
-        .where(h.c.check_id.is_not(None)).group_by(*hkeys, h.c.check_id)).all()
-    overall = conn.execute(
-        select(*hkeys, func.count(func.distinct(h.c.order_id))).group_by(*hkeys)).all()
-    held = {tuple(r[:-1]): int(r[-1]) for r in overall}
+    gated = {(_key_day(r.day), r.source): int(r.n) for r in conn.execute(
+        scope.grouped(g, [func.count(func.distinct(g.c.order_id)).label("n")]))}
+    per_check = conn.execute(scope.grouped(h, [func.count(func.distinct(h.c.order_id)).label("n")],
+                                           by=("check_id",), where=h.c.check_id.is_not(None))).all()
+    held = {(_key_day(r.day), r.source): int(r.n) for r in conn.execute(
+        scope.grouped(h, [func.count(func.distinct(h.c.order_id)).label("n")]))}
     out: list[KpiRow | None] = []
-    for key, n in gated.items():  # every gated key gets its overall rate, 0 included
-        out.append(_ratio(_key_day(key, scope), key[-1], "quarantine_rate", held.get(key, 0), n))
+    for (day, source), n in gated.items():  # every gated key gets its overall rate, 0 included
+        out.append(_ratio(day, source, "quarantine_rate", held.get((day, source), 0), n))
     for r in per_check:
-        key, check, k = tuple(r[:-2]), r[-2], int(r[-1])
-        out.append(_ratio(_key_day(key, scope), key[-1], f"quarantine_rate.{check}", k,
-                          gated.get(key, 0)))
+        day = _key_day(r.day)
+        out.append(_ratio(day, r.source, f"quarantine_rate.{r.check_id}", int(r.n),
+                          gated.get((day, r.source), 0)))
     return [r for r in out if r is not None]
 
 
 def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal],
-              show: int, run_id: str | None = None,
-              run_show: int = 0) -> tuple[_Accuracy, _Accuracy | None]:
+              show: int) -> tuple[_Accuracy | None, _Accuracy | None]:
     """Stored total == sum of line amounts == the source's total in its raw payload.
 
     The line sums are SQL; the source's total needs the connector's mapping, so the scope's
-    orders are streamed once with their raw payloads (bounded memory: yield_per). With
-    ``run_id`` (a daily scope) the orders of that run's cohort are also tallied as the run's
-    figures (second result, listing ``run_show`` inaccurate orders)."""
+    orders are streamed once with their raw payloads (bounded memory: yield_per). Returns the
+    days' figures and the run's (each None when the scope has none); the run's lists its
+    first ``show`` inaccurate orders."""
     d = conn.dialect.name
     ev = order_events.alias("ev")
-    in_run = ([case((ev.c.run_id == run_id, 1), else_=0).label("in_run")]
-              if run_id is not None else [])
-    cohort = (select(ev.c.id.label("event_id"), ev.c.order_id, *scope.keys(ev.c.at, d),
-                     orders.c.external_id, orders.c.total, *in_run)
+    cohort = (select(ev.c.id.label("event_id"), ev.c.order_id, *scope.keys(ev, d),
+                     orders.c.external_id, orders.c.total)
               .select_from(ev.join(orders, orders.c.id == ev.c.order_id))
               .where(ev.c.from_state.is_(None), ev.c.to_state == "captured", scope.events(ev))
               .subquery("cohort"))
@@ -553,53 +623,62 @@ def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal
                 func.sum(ln.c.amount).label("line_sum"), func.count(ln.c.id).label("n_lines"),
                 func.count(ln.c.amount).label("n_amounts"), payload.label("payload"))
          .select_from(cohort.outerjoin(ln, ln.c.order_id == cohort.c.order_id))
-         .group_by(*group)
-         .order_by(cohort.c.order_id))
+         .group_by(*group))  # no ORDER BY: a sort would carry every payload
     checked: Counter[tuple] = Counter()
     accurate: Counter[tuple] = Counter()
-    result = _Accuracy()
-    run = _Accuracy() if run_id is not None else None
+    daily = _Accuracy() if scope.daily else None
+    run = _Accuracy() if scope.per_run else None
+    split = daily is not None and run is not None  # rows say whether they are the run's
     days: dict[Any, date] = {}  # the day column's values, each read once
-    if d == "postgresql":
-        # A streamed read is a cursor, which PostgreSQL plans for the first 10 % of rows
-        # (nested loops). Every row is read: plan for all of them (this transaction only).
-        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-    for r in conn.execution_options(yield_per=2000).execute(q).mappings():
-        mine = run is not None and r["in_run"] == 1
+    shown: list[tuple[int, int, dict[str, Any]]] = []  # the run's first inaccurate by order id
+    for seq, r in enumerate(_stream(conn, q).mappings()):
+        mine = run is not None and (not split or r["in_run"] == 1)
         reader = readers.get(r["source"])
         if reader is None:
-            result.unchecked += 1
+            if daily is not None:
+                daily.unchecked += 1
             if mine:
-                run.unchecked += 1
+                run.unchecked += 1  # type: ignore[union-attr]
             continue
-        if scope.daily:
+        keys: list[tuple] = []
+        if daily is not None:
             day = days.get(r["day"])
             if day is None:
                 day = days[r["day"]] = _as_date(r["day"])
-        else:
-            day = None
+            keys += [(day, r["source"]), (day, ALL)]
+        if mine:
+            keys += [(None, r["source"]), (None, ALL)]
         problem = _accuracy_problem(r, reader)
-        keys = ((day, r["source"]), (day, ALL), (None, r["source"]), (None, ALL)) if mine else (
-            (day, r["source"]), (day, ALL))
         for key in keys:
             checked[key] += 1
             accurate[key] += problem is None
-        if problem:
-            found = {"order_id": int(r["order_id"]), "source": r["source"],
-                     "external_id": r["external_id"], "problem": problem}
-            if len(result.inaccurate) < show:
-                result.inaccurate.append(found)
-            if mine and len(run.inaccurate) < run_show:
-                run.inaccurate.append(found)
+        if problem and mine and show > 0:
+            order_id = int(r["order_id"])
+            shown.append((order_id, seq, {"order_id": order_id, "source": r["source"],
+                                          "external_id": r["external_id"], "problem": problem}))
+            if len(shown) >= 4 * show + 64:  # keep the lowest ids only: bounded
+                shown.sort(key=_first_two)
+                del shown[show:]
+    if run is not None:
+        run.inaccurate = [found for *_, found in sorted(shown, key=_first_two)[:show]]
     for (day, source), n in checked.items():
         row = _ratio(day, source, ACCURACY, accurate[(day, source)], n)
-        if row is None:
-            continue
-        if scope.daily and day is None:
-            run.rows.append(row)  # type: ignore[union-attr]
-        else:
-            result.rows.append(row)
-    return result, run
+        if row is not None:
+            (run if day is None else daily).rows.append(row)  # type: ignore[union-attr]
+    return daily, run
+
+
+def _first_two(item: tuple) -> tuple:
+    return item[:2]
+
+
+def _stream(conn: Connection, q: Any) -> Any:
+    """Execute ``q`` and stream its rows (bounded memory)."""
+    if conn.dialect.name == "postgresql":
+        # A streamed read is a cursor, which PostgreSQL plans for the first 10 % of rows
+        # (nested loops). Every row is read: plan for all of them (this transaction only).
+        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+    return conn.execute(q, execution_options={"yield_per": 2000})  # this statement only
 
 
 def _accuracy_problem(r: Mapping[str, Any], reader: SourceTotal) -> str | None:
@@ -710,8 +789,9 @@ def _as_date(value: Any) -> date:
     return date.fromisoformat(str(value))  # SQLite's date() answers text
 
 
-def _key_day(key: tuple, scope: _Scope) -> date | None:
-    return _as_date(key[0]) if scope.daily else None
+def _key_day(day: Any) -> date | None:
+    """A grouped row's day: None for the run's figures."""
+    return None if day is None else _as_date(day)
 
 
 def _row_order(r: KpiRow) -> tuple:

@@ -1,14 +1,16 @@
 """Run figures read back from the warehouse: order states, events per run, cycle times.
 
 The business KPIs (cycle-time percentiles, automation, quarantine, accuracy, missed orders)
-are in ``warehouse.kpis``; ``cycle_times`` here is the run summary's view of one of them.
+are in ``warehouse.kpis``; ``cycle_times`` here is the run summary's view of one of them
+(``summary_cycle_times``: the same view, read from the run's KPIs once they are computed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from warehouse import kpis
 from warehouse.schema import order_events, orders, outbox, rejected_records
@@ -41,21 +43,48 @@ def rejected_in_run(engine: Engine, run_id: str, stream: str | None = None) -> i
 
 
 def outbox_by_status(engine: Engine) -> dict[str, dict[str, int]]:
+    """Outbox rows per operation and status, by operation then status.
+
+    Read off indexes, not the table (whose rows carry the payloads: a scan of millions): the
+    rows per operation (covered by ix_outbox_order_operation), less those not ``done`` (few,
+    found on ix_outbox_status), are the done ones."""
+    done, t = "done", outbox
     with engine.connect() as conn:
-        rows = conn.execute(select(outbox.c.operation, outbox.c.status, func.count())
-                            .group_by(outbox.c.operation, outbox.c.status))
-        out: dict[str, dict[str, int]] = {}
-        for op, status, n in rows:
-            out.setdefault(op, {})[status] = n
-        return out
+        per_operation = conn.execute(select(t.c.operation, func.count())
+                                     .group_by(t.c.operation)).all()
+        # two ranges, not "!=": an index serves a range
+        rest = conn.execute(select(t.c.operation, t.c.status, func.count())
+                            .where(or_(t.c.status < done, t.c.status > done))
+                            .group_by(t.c.operation, t.c.status)).all()
+    counts = {(op, status): n for op, status, n in rest}
+    for op, n in per_operation:
+        n -= sum(m for (o, _), m in counts.items() if o == op)
+        if n:
+            counts[(op, done)] = n
+    out: dict[str, dict[str, int]] = {}
+    for (op, status), n in sorted(counts.items()):
+        out.setdefault(op, {})[status] = n
+    return out
 
 
 def cycle_times(engine: Engine, run_id: str, to_state: str = "invoiced") -> dict[str, Any]:
     """Seconds from an order's capture to reaching ``to_state`` in this run: count, p50, p95.
 
-    The one definition lives in ``warehouse.kpis`` (nearest-rank percentiles, in SQL); the
-    seconds are floats here, as the run summary has always shown them."""
-    ct = kpis.cycle_time(engine, run_id, to_state)
-    for key in ("p50_s", "p95_s"):
-        ct[key] = None if ct[key] is None else float(ct[key])  # seconds: a timing, not money
-    return ct
+    The one definition lives in ``warehouse.kpis`` (nearest-rank percentiles); the seconds are
+    floats here, as the run summary has always shown them."""
+    return _summary_cycle(to_state, kpis.cycle_time(engine, run_id, to_state))
+
+
+def summary_cycle_times(figures: Mapping[str, Any],
+                        stages: Sequence[str] = kpis.STAGES) -> dict[str, dict[str, Any]]:
+    """The run summary's cycle times, ``{stage: cycle_times(engine, run_id, stage)}``, read
+    from the run's KPIs (``kpis.run_kpis`` or ``refresh_and_run_kpis``) instead of the
+    warehouse: the same figures, not computed again."""
+    return {s: _summary_cycle(s, figures["cycle_time"].get(s) or {}) for s in stages}
+
+
+def _summary_cycle(to_state: str, ct: Mapping[str, Any]) -> dict[str, Any]:
+    p50, p95 = ct.get("p50_s"), ct.get("p95_s")
+    return {"to": to_state, "count": ct.get("count", 0),  # seconds: a timing, not money
+            "p50_s": None if p50 is None else float(p50),
+            "p95_s": None if p95 is None else float(p95)}
