@@ -60,7 +60,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache, partial
 from typing import Any
 
 from connectors.base import (
@@ -277,6 +278,66 @@ def kd_datetime(value: Any, name: str) -> str | None:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if dt else None
 
 
+def _issued(value: Any) -> str | None:
+    """kd_datetime of a receivable's ``issued_at``: one instant for all the documents a run
+    issued, so its text is converted once."""
+    return _issued_text(value) if value.__class__ is str else kd_datetime(value, "issued_at")
+
+
+@lru_cache(maxsize=64)
+def _issued_text(value: str) -> str | None:
+    return kd_datetime(value, "issued_at")  # a MappingError is raised, never remembered
+
+
+def _exact(text: str) -> Decimal | None:
+    """A finite decimal text as the Decimal parse_decimal gives for it; None otherwise."""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _decimal(value: Any, name: str) -> Decimal | None:
+    """parse_decimal for a value of our own documents, which are exact decimal texts
+    ("12.50"): those cost one Decimal(); anything else, every error included, is
+    parse_decimal's (``name`` is then the field it names)."""
+    if value.__class__ is str and (number := _exact(value)) is not None:
+        return number
+    return parse_decimal(value, name)
+
+
+WHOLE_DIGITS = 18  # a whole number of at most this many digits goes out as an int
+
+
+def _line_number(value: Any, n: int, key: str) -> int | Decimal | None:
+    """A line's number for the wire, from our own document's text: a whole number ("2") as
+    that int, any other finite decimal text as its Decimal — either way the same JSON text
+    parse_decimal's Decimal would give, but an int needs no Decimal fallback in the encoder
+    (most quantities are whole). Anything else, every error included, is parse_decimal's,
+    with the field named ``lines[n].key`` (spelled only then)."""
+    if value.__class__ is str:
+        if value.isdigit() and value.isascii() and len(value) <= WHOLE_DIGITS:
+            return int(value)
+        if (number := _exact(value)) is not None:
+            return number
+    return parse_decimal(value, f"lines[{n}].{key}")
+
+
+@lru_cache(maxsize=256)
+def _percent(rate: str) -> int | Decimal | None:
+    """A rate text ("0.13") as Kingdee's FEntryTaxRate percentage (13.00): a few distinct rates
+    for all lines. A whole percentage without decimals ("0" -> 0) is an int, the same JSON
+    text. None when the text is no finite number (parse_decimal then says why)."""
+    value = _exact(rate)
+    if value is None:
+        return None
+    percent = value * 100
+    if percent.as_tuple().exponent == 0 and not (percent.is_zero() and percent.is_signed()):
+        return int(percent)
+    return percent
+
+
 def _bill_no(doc: dict) -> str:
     bill_no = _text(doc.get("bill_no"))
     if not bill_no:
@@ -313,32 +374,39 @@ def sales_order_model(doc: dict, options: dict) -> dict:
 
 
 def _receivable_entry(ln: dict, n: int, include_tax: Any) -> dict:
-    entry = {
-        "FMATERIALID": _number(ln.get("sku")),
-        "FPriceQty": parse_decimal(ln.get("qty"), f"lines[{n}].qty"),
-        "FTaxPrice": parse_decimal(ln.get("unit_price"), f"lines[{n}].unit_price"),
-    }
-    rate = parse_decimal(ln.get("tax_rate"), f"lines[{n}].tax_rate")
-    if rate is not None:  # a taxed line (0005c): Kingdee derives the other price from the rate
-        if not include_tax:
-            entry["FPrice"] = entry.pop("FTaxPrice")
-        entry["FEntryTaxRate"] = rate * 100
-    return entry
+    sku = ln.get("sku")
+    material = {"FNumber": sku.strip() or None} if sku.__class__ is str else _number(sku)
+    qty = _line_number(ln.get("qty"), n, "qty")
+    price = _line_number(ln.get("unit_price"), n, "unit_price")
+    text = ln.get("tax_rate")
+    rate = _percent(text) if text.__class__ is str else None
+    if rate is None:
+        rate = parse_decimal(text, f"lines[{n}].tax_rate")  # None, an error, or not a text
+        if rate is not None:
+            rate = rate * 100
+    if rate is None:
+        return {"FMATERIALID": material, "FPriceQty": qty, "FTaxPrice": price}
+    # a taxed line (0005c): Kingdee derives the other price from the rate (FEntryTaxRate, %)
+    if include_tax:
+        return {"FMATERIALID": material, "FPriceQty": qty, "FTaxPrice": price,
+                "FEntryTaxRate": rate}
+    return {"FMATERIALID": material, "FPriceQty": qty, "FPrice": price, "FEntryTaxRate": rate}
 
 
 def invoice_model(doc: dict, options: dict) -> dict:
     """outbox ``invoice`` doc -> AR_receivable Model."""
+    include_tax = doc.get("prices_include_tax")
     return {
         "FBillTypeID": _number(options["invoice_type"]),
         "FBillNo": _bill_no(doc),
-        "FDATE": kd_datetime(doc.get("issued_at"), "issued_at"),
+        "FDATE": _issued(doc.get("issued_at")),
         "FSETTLEORGID": _number(options["org"]),
         "FCUSTOMERID": _number(doc.get("customer_code")),
         "FCURRENCYID": _number(doc.get("currency")),
         "F_OrderRef": _text(doc.get("order_ref")),
         "F_InvoiceNo": _text(doc.get("invoice_no")),
-        "FALLAMOUNTFOR": parse_decimal(doc.get("amount"), "amount"),
-        "FEntityDetail": [_receivable_entry(ln, n, doc.get("prices_include_tax"))
+        "FALLAMOUNTFOR": _decimal(doc.get("amount"), "amount"),
+        "FEntityDetail": [_receivable_entry(ln, n, include_tax)
                           for n, ln in enumerate(doc.get("lines") or [], start=1)],
     }
 

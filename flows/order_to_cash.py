@@ -204,12 +204,13 @@ def run_invoice(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) ->
     """Invoice pushed orders by the policy and send the receivables to the finance system."""
     with _stage(config_path, "invoice", run_id) as (settings, engine, rid, io):
         invoicing.apply_channel_returns(engine, rid)
-        created = invoicing.create_invoices(engine, rid, settings.invoicing)
+        target = settings.target("invoice_target")
+        # with a target, each invoice's outbox row is written with it (same transaction)
+        created = invoicing.create_invoices(engine, rid, settings.invoicing, target or None)
         sent: dict[str, Any] = {"done": 0, "failed": 0}
         credits = 0
-        target = settings.target("invoice_target")
         if target:
-            invoicing.enqueue_invoices(engine, rid, target)
+            invoicing.enqueue_invoices(engine, rid, target)  # invoices queued before a target
             sent = drain_task(settings, engine, rid, target, "invoice")
         invoicing.complete_invoices(engine, rid)
         credits = invoicing.create_credit_notes(engine, rid, settings.invoicing)

@@ -279,6 +279,70 @@ def invoice_doc(n: int) -> dict:
                                          "amount": "20.00"}]}
 
 
+TAXED_DOC = {
+    "key": "erp:invoice:INV-kingdee-K1", "bill_no": "CN-INV-000001",
+    "invoice_no": "CN-INV-000001", "order_ref": "#1001", "customer_code": "C00001",
+    "currency": "CNY", "issued_at": "2026-11-01T10:00:00.123456Z", "amount": "144.87",
+    "prices_include_tax": False,
+    "lines": [
+        {"sku": "SKU-1", "qty": "3", "unit_price": "33.3300", "amount": "112.99",
+         "net_amount": "99.99", "tax_rate": "0.13", "tax_amount": "13.00"},
+        {"sku": " SKU-2 ", "qty": "2.500", "unit_price": "1.1500", "amount": "2.88",
+         "net_amount": "2.88", "tax_rate": "0", "tax_amount": "0.00"},
+        {"sku": "SKU-3", "qty": "007", "unit_price": "4.25", "amount": "29.75"},  # untaxed
+    ],
+}
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_receivable_models_send_the_documents_numbers_exactly(include: bool) -> None:
+    """The JSON sent for a receivable: every number exactly as the document spells it (a
+    whole quantity goes as an int, the same text), the rate as a percentage."""
+    from connectors.http import dumps_json
+    from connectors.kingdee import credit_note_model, invoice_model
+
+    options = {"invoice_type": "YSD01_SYS", "org": "100"}
+    price = "FTaxPrice" if include else "FPrice"
+    head = ('{"FBillTypeID": {"FNumber": "YSD01_SYS"}, "FBillNo": "%s", '
+            '"FDATE": "2026-11-01T10:00:00", "FSETTLEORGID": {"FNumber": "100"}, '
+            '"FCUSTOMERID": {"FNumber": "C00001"}, "FCURRENCYID": {"FNumber": "CNY"}, '
+            '"F_OrderRef": "#1001", "F_InvoiceNo": "%s", "FALLAMOUNTFOR": %s, ')
+    lines = ('"FEntityDetail": [{"FMATERIALID": {"FNumber": "SKU-1"}, "FPriceQty": %s3, '
+             '"PRICE": 33.3300, "FEntryTaxRate": 13.00}, {"FMATERIALID": {"FNumber": "SKU-2"}, '
+             '"FPriceQty": %s2.500, "PRICE": 1.1500, "FEntryTaxRate": 0}, '
+             '{"FMATERIALID": {"FNumber": "SKU-3"}, "FPriceQty": %s7, "FTaxPrice": 4.25}]'
+             ).replace("PRICE", price)
+    doc = {**TAXED_DOC, "prices_include_tax": include}
+    model = invoice_model(doc, options)
+    assert dumps_json(model) == (head % ("CN-INV-000001", "CN-INV-000001", "144.87")
+                                 + lines % ("", "", "") + "}")
+    assert model["FEntityDetail"][1] == {"FMATERIALID": {"FNumber": "SKU-2"},
+                                         "FPriceQty": Decimal("2.500"),
+                                         price: Decimal("1.1500"), "FEntryTaxRate": 0}
+    red = {**doc, "bill_no": "CN-CRN-000001", "credit_note_no": "CN-CRN-000001",
+           "amount": "-144.87",
+           "lines": [{**ln, "qty": "-" + ln["qty"]} for ln in doc["lines"]]}
+    assert dumps_json(credit_note_model(red, options)) == (
+        head % ("CN-CRN-000001", "CN-CRN-000001", "-144.87") + lines % ("-", "-", "-")
+        + ', "F_SrcInvoiceNo": "CN-INV-000001"}')
+
+
+@pytest.mark.parametrize("line,message", [
+    ({"qty": "lots"}, "lines[2].qty: not a number: 'lots'"),
+    ({"unit_price": "NaN"}, "lines[2].unit_price: not a finite number: 'NaN'"),
+    ({"tax_rate": "x"}, "lines[2].tax_rate: not a number: 'x'"),
+    ({"tax_rate": "Infinity"}, "lines[2].tax_rate: not a finite number: 'Infinity'"),
+    ({"qty": True}, "lines[2].qty: expected a number, got True"),
+])
+def test_a_receivable_line_that_is_no_number_names_its_field(line: dict, message: str) -> None:
+    from connectors.kingdee import invoice_model
+
+    doc = {**TAXED_DOC, "lines": [TAXED_DOC["lines"][0], {**TAXED_DOC["lines"][1], **line}]}
+    with pytest.raises(MappingError) as err:
+        invoice_model(doc, {"invoice_type": "YSD01_SYS", "org": "100"})
+    assert str(err.value) == message
+
+
 def test_sales_orders_are_saved_submitted_and_audited_once_in_batches(
     server: FakeServer, app: KingdeeFake
 ) -> None:

@@ -16,7 +16,7 @@ from connectors.registry import build_connector
 from flows.push import drain
 from sandbox.kingdee import KingdeeFake
 from sandbox.server import FakeServer
-from warehouse import load
+from warehouse import load, runs
 from warehouse import outbox as ob
 from warehouse import schema as s
 from warehouse.engine import begin_write
@@ -379,6 +379,106 @@ def test_the_invoice_outbox_key_is_the_order_not_the_number(engine: Engine) -> N
     assert {k: "INV-" + _plain_no(src, no, ext) for k, src, no, ext in [
         (oid, "shopify", "#1001", "5001"), (legacy, "woo", "#W1", "W1")]} == {
         oid: sql_no[oid], legacy: sql_no[legacy]}
+
+
+def _queued(engine: Engine) -> dict[str, dict[str, Any]]:
+    """The invoice outbox rows by key, without what only says when a row was written."""
+    with engine.connect() as conn:
+        return {r.idempotency_key: {k: v for k, v in r._mapping.items()
+                                    if k not in ("id", "created_at")}
+                for r in conn.execute(select(s.outbox).where(s.outbox.c.operation == "invoice"))}
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_create_invoices_queues_what_enqueue_invoices_would(engine: Engine, include: bool) -> None:
+    """With the target, each invoice's outbox row is written with it from the figures in hand:
+    the same key and document enqueue_invoices builds from the stored invoice."""
+    tax = {**YAML["tax"], "by_currency": {"USD": "0", "KWD": "0.05"},
+           "prices_include_tax": include}
+    cfg = InvoicingConfig.from_config({**YAML, "channels": {}, "tax": tax})
+    with engine.begin() as conn:
+        seed(conn, "shopify", "5001", [("SKU-900", "1", "4.25"), ("SKU-1", "3", "0.10")],
+             order_no="#1001", currency="USD")
+        seed(conn, "kingdee", "K1", [("SKU-1", "3", "33.33"), ("SKU-991", "2.5", "1.15"),
+                                     ("SKU-900", "1", "10.05")])
+        seed(conn, "woo", "W1", [("SKU-1", "3", "333.5")], order_no="#W-1", currency="JPY")
+        seed(conn, "woo", "W2", [("SKU-1", "7", "1.2345")], currency="KWD")  # 3 decimals
+        seed(conn, "woo", "W3", [("SKU-1", "0", "5.00")], currency="USD")  # a zero line
+    assert create_invoices(engine, RUN, cfg, "kingdee") == 5
+    assert enqueue_invoices(engine, RUN, "kingdee") == 0  # all queued already
+    made = _queued(engine)
+    assert set(made) == {"kingdee:invoice:INV-shopify-1001", "kingdee:invoice:INV-kingdee-K1",
+                         "kingdee:invoice:INV-woo-W-1", "kingdee:invoice:INV-woo-W2",
+                         "kingdee:invoice:INV-woo-W3"}
+    with engine.begin() as conn:  # what enqueue_invoices builds from the stored invoices
+        conn.execute(s.outbox.delete())
+        conn.execute(s.stage_marks.delete())
+    assert enqueue_invoices(engine, RUN, "kingdee") == 5
+    assert _queued(engine) == made
+    # KWD: taxed to the cent (what the MONEY columns hold), spelled in its own 3 decimals
+    kwd = made["kingdee:invoice:INV-woo-W2"]["payload"]
+    assert (kwd["amount"], kwd["net_amount"], kwd["tax_amount"]) == (
+        ("8.640", "8.230", "0.410") if include else ("9.070", "8.640", "0.430"))
+    assert kwd["lines"] == [{"sku": "SKU-1", "qty": "7", "unit_price": "1.2345",
+                             "amount": kwd["amount"], "net_amount": kwd["net_amount"],
+                             "tax_rate": "0.05", "tax_amount": kwd["tax_amount"]}]
+    zero = made["kingdee:invoice:INV-woo-W3"]["payload"]["lines"]
+    assert zero == [{"sku": "SKU-1", "qty": "0", "unit_price": "5.0000", "amount": "0.00",
+                     "net_amount": "0.00", "tax_rate": "0", "tax_amount": "0.00"}]
+
+
+def test_create_invoices_queues_nothing_twice_for_one_key(engine: Engine) -> None:
+    """Two orders whose numbers spell one key (once '#' is dropped): the first invoice keeps
+    the key, as enqueue_invoices would; an invoice already queued by key is not queued again."""
+    cfg = InvoicingConfig.from_config({**YAML, "channels": {}})
+    h = timedelta(hours=1)
+    with engine.begin() as conn:
+        first = seed(conn, "shopify", "S1", [("SKU-1", "1", "1.00")], order_no="#7",
+                     currency="USD")
+        seed(conn, "shopify", "S2", [("SKU-1", "1", "2.00")], order_no="7", currency="USD",
+             ordered_at=T0 + h)
+    assert create_invoices(engine, RUN, cfg, "kingdee") == 2  # numbered: both invoiced
+    made = _queued(engine)
+    assert list(made) == ["kingdee:invoice:INV-shopify-7"]
+    assert made["kingdee:invoice:INV-shopify-7"]["order_id"] == first
+    assert enqueue_invoices(engine, RUN, "kingdee") == 0
+
+
+def test_enqueue_invoices_reads_again_only_after_invoices_or_orders_were_written(
+        engine: Engine) -> None:
+    cfg = InvoicingConfig.from_config({**YAML, "channels": {}})
+    with engine.begin() as conn:
+        o1 = seed(conn, "kingdee", "K1", [("SKU-1", "1", "1.00")])
+    create_invoices(engine, RUN, cfg)  # no target: queued by enqueue_invoices
+
+    def passed_in() -> str:  # the run whose enqueue_invoices pass is the last one
+        with engine.connect() as conn:
+            return conn.scalar(select(s.stage_marks.c.run_id).where(
+                s.stage_marks.c.stage == "enqueue_invoices:kingdee"))
+
+    first = runs.start_run(engine, "invoice")
+    assert enqueue_invoices(engine, first, "kingdee") == 1
+    runs.finish_run(engine, first, "completed", {})
+    again = runs.start_run(engine, "invoice")
+    assert enqueue_invoices(engine, again, "kingdee") == 0
+    assert passed_in() == first  # nothing written since: no pass at all
+    # a new invoice, even from a writer no run records: the newest invoice tells
+    with engine.begin() as conn:
+        seed(conn, "kingdee", "K2", [("SKU-1", "1", "2.00")])
+    create_invoices(engine, RUN2, cfg)
+    assert enqueue_invoices(engine, again, "kingdee") == 1
+    assert passed_in() == again
+    runs.finish_run(engine, again, "completed", {})
+    # an order written by a run since the last pass (its number spells the key): read again
+    ingest = runs.start_run(engine, "ingest")
+    with engine.begin() as conn:
+        conn.execute(update(s.orders).where(s.orders.c.id == o1).values(run_id=ingest))
+    runs.finish_run(engine, ingest, "completed", {})
+    third = runs.start_run(engine, "invoice")
+    assert enqueue_invoices(engine, third, "kingdee") == 0
+    assert passed_in() == third
+    # another target has its own pass
+    assert enqueue_invoices(engine, third, "stripe") == 2
 
 
 # --- credit notes -------------------------------------------------------------------------------

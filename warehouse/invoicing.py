@@ -15,7 +15,10 @@ document records why it was issued (``invoices.policy``/``reason``, ``invoice_li
   lists keeps the deterministic ``INV-{source}-{order_no without '#'}``.
 - **Outbox.** The idempotency key stays on the business key, the order
   (``{target}:invoice:INV-{source}-{order_no}``), never on the sequence number, so a rerun or a
-  recovery can never turn one order into two documents (DESIGN invariant 3).
+  recovery can never turn one order into two documents (DESIGN invariant 3). Given the invoice
+  target, ``create_invoices`` writes each invoice's outbox row in the transaction that inserts
+  the invoice; ``enqueue_invoices`` queues the invoices that have none (issued before there was
+  a target) and skips its pass when nothing was written since the last one.
 - **Credit notes.** An invoiced order later ``cancelled`` or ``returned`` gets one credit note
   reversing its invoice in full, numbered in the company's credit series, pushed through the
   outbox (operation ``credit_note``) only after the invoice itself was confirmed at the target.
@@ -23,11 +26,16 @@ document records why it was issued (``invoices.policy``/``reason``, ``invoice_li
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -40,19 +48,22 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    null,
     or_,
     select,
     update,
 )
 
+from warehouse import freshness
 from warehouse.engine import (
     begin_write,
-    bulk_insert,
     dialect_insert,
     id_queue,
     id_windows,
     in_values,
+    insert_rows,
 )
+from warehouse.money import quantize
 from warehouse.orders import transition
 from warehouse.outbox import _insert_new, _money, _qty, iso_utc, order_doc_no
 from warehouse.schema import (
@@ -66,7 +77,7 @@ from warehouse.schema import (
     orders,
     outbox,
 )
-from warehouse.tax import LineTax, TaxConfigError, TaxRules, line_tax, totals
+from warehouse.tax import LineTax, TaxConfigError, TaxRules, money_step, tax_lines, totals
 
 log = logging.getLogger(__name__)
 CHUNK = 5000  # orders (invoices) per batch: memory follows this, not the number of orders
@@ -326,7 +337,8 @@ def _plain_no(source: str, order_no: str | None, external_id: str) -> str:
 
 
 def create_invoices(engine: Engine, run_id: str,
-                    policy: str | InvoicingConfig | None = "on_order") -> int:
+                    policy: str | InvoicingConfig | None = "on_order",
+                    target: str | None = None) -> int:
     """Invoice every pushed order its channel's policy allows; return how many were created.
 
     ``policy`` is an ``InvoicingConfig`` (or a policy name, for ``{policy: ...}`` alone). One
@@ -334,42 +346,62 @@ def create_invoices(engine: Engine, run_id: str,
     (``engine.id_queue``), then ``CHUNK`` orders at a time read them with their lines, tax the
     lines, number the invoices and insert invoices and lines; advance the series. A failure
     writes nothing and consumes no number.
+
+    ``target`` (the configured ``invoice_target``): each new invoice's outbox row is written in
+    the same transaction, built from the figures in hand — the key and document
+    ``enqueue_invoices`` builds from the stored invoice (a test holds the two equal) — so an
+    invoice and its push are created together and nothing is read back.
     """
     cfg = _as_config(policy)
     needs_shipment = _needs_shipment(cfg)
     no_invoice = ~exists().where(invoices.c.order_id == orders.c.id)
     base = and_(orders.c.status == "pushed", no_invoice)
     ready = and_(base, orders.c.currency.is_not(None), or_(~needs_shipment, shipped_condition()))
-    q = (
+    # the why of an on_shipment invoice: not worth a probe per line when no channel waits
+    waits = cfg.policy == "on_shipment" or "on_shipment" in cfg.channels.values()
+    heads = (
         select(
             orders.c.id, orders.c.source, orders.c.external_id, orders.c.order_no,
             orders.c.currency, orders.c.total,
             # the resolved customer's code; the channel's own code only when unresolved
             func.coalesce(customers.c.code, orders.c.customer_code).label("customer_code"),
-            _shipment_evidence().label("evidence"),
-            order_lines.c.line_no, order_lines.c.sku, order_lines.c.qty, order_lines.c.unit_price,
+            (_shipment_evidence() if waits else null()).label("evidence"),
         )
         .select_from(orders)
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
-        .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
-        .order_by(orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id,
-                  order_lines.c.line_no)
+    )
+    lines = (
+        select(order_lines.c.order_id, order_lines.c.line_no, order_lines.c.sku,
+               order_lines.c.qty, order_lines.c.unit_price)
+        .order_by(order_lines.c.order_id, order_lines.c.line_no)
     )
     sequence = [orders.c.ordered_at.is_(None), orders.c.ordered_at, orders.c.id]
     now = datetime.now(UTC)
     created = wanted = unpriced = off_total = 0
+    texts = _Texts()
     with begin_write(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # one invoicing transaction at a time (SQLite's write lock does this there): a second
+            # worker waits here, then finds the first one's invoices already written
+            conn.execute(select(func.pg_advisory_xact_lock(INVOICING_LOCK)))
         start = _lock_series(conn, run_id, [c.invoice_series for c in cfg.companies])
         last = dict(start)
         # numbered in (ordered_at, id) order, CHUNK orders at a time: the database sorts once
         with id_queue(conn, select(orders.c.id).where(ready), sequence) as queue:
             for ids in queue.chunks(CHUNK):
-                chunk = conn.execute(q.where(in_values(orders.c.id, ids, conn.dialect.name)))
-                docs, lines, skipped, off = _invoice_docs(cfg, chunk, last, now, run_id)
+                # the chunk's orders and their lines, apart (an order's columns once, not once
+                # per line), taken in the queue's order
+                head = {r[0]: r for r in conn.execute(
+                    heads.where(in_values(orders.c.id, ids, conn.dialect.name)))}
+                found = {oid: [r[1:] for r in rows] for oid, rows in groupby(conn.execute(
+                    lines.where(in_values(order_lines.c.order_id, ids, conn.dialect.name))),
+                    key=itemgetter(0))}
+                chunk = [(head[i], found.get(i, [])) for i in ids]
+                docs, skipped, off = _invoice_docs(cfg, chunk, last, now, run_id)
                 unpriced += skipped
                 off_total += off
                 wanted += len(docs)
-                created += _insert_invoices(conn, docs, lines)
+                created += _insert_invoices(conn, docs, run_id, target, now, texts)
         _advance(conn, run_id, start, last)
         waiting = conn.execute(
             select(func.count()).select_from(orders).where(base, ~ready)).scalar_one()
@@ -389,86 +421,156 @@ def create_invoices(engine: Engine, run_id: str,
     return created
 
 
-def _invoice_docs(cfg: InvoicingConfig, result: Iterable[Any], last: dict[str, int],
-                  now: datetime, run_id: str
-                  ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]], int, int]:
-    """One chunk's invoices and their lines (``last``: the series numbers, advanced here);
-    also how many orders were not invoiced for an unpriced line, and how many differ from
-    the channel's total."""
-    docs: list[dict[str, Any]] = []
-    lines: dict[int, list[dict[str, Any]]] = {}
+# Key of the PostgreSQL advisory lock create_invoices holds for its transaction ("orderhub.inv")
+INVOICING_LOCK = 0x6F68_696E_76
+# invoices / invoice_lines columns in the order _invoice_docs builds their value tuples
+INVOICE_COLUMNS = ("invoice_no", "order_id", "order_ref", "customer_code", "currency", "amount",
+                   "net_amount", "tax_amount", "issued_at", "run_id", "company", "policy",
+                   "prices_include_tax", "reason")
+LINE_COLUMNS = ("invoice_id", "line_no", "sku", "qty", "unit_price", "net_amount", "tax_rate",
+                "tax_amount", "amount", "tax_rule", "run_id")
+RATE_PLACES = invoice_lines.c.tax_rate.type.scale or 6  # what invoice_lines.tax_rate holds
+
+
+@dataclass(slots=True)
+class _NewInvoice:
+    """One invoice of a chunk: its ``invoices`` values (INVOICE_COLUMNS order), its order lines
+    (line_no, sku, qty, unit_price) with their tax, and its outbox business key."""
+
+    row: tuple[Any, ...]
+    lines: list[tuple[Any, ...]]
+    taxed: list[LineTax]
+    business_key: str
+
+
+def _invoice_docs(cfg: InvoicingConfig, chunk: Iterable[tuple[Any, list[Any]]],
+                  last: dict[str, int], now: datetime, run_id: str
+                  ) -> tuple[list[_NewInvoice], int, int]:
+    """One chunk's invoices from its (order, lines) in numbering order, each line (line_no,
+    sku, qty, unit_price) (``last``: the series numbers, advanced here); also how many orders
+    were not invoiced for an unpriced line, and how many differ from the channel's total."""
+    docs: list[_NewInvoice] = []
     unpriced = off_total = 0
-    for head, rows in _by_order(result):
-        taxed = _tax_lines(cfg.tax, head.currency, rows)
-        if taxed is None:
+    rules = cfg.tax
+    include = rules.prices_include_tax
+    by_source: dict[str, tuple[Company | None, str]] = {}
+    for head, lines in chunk:
+        if any(qty is None or price is None for _, _, qty, price in lines):
             unpriced += 1  # a line without qty or price: never invoice a guess
             continue
-        net, tax, gross = totals(t for _, t in taxed)
-        basis = gross if cfg.tax.prices_include_tax else net
-        if head.total is not None and basis != head.total:
+        oid, source, external_id, order_no, currency, total, customer_code, evidence = head
+        taxed = tax_lines(rules, currency, [ln[1:] for ln in lines])
+        net, tax, gross = totals(taxed)
+        if total is not None and (gross if include else net) != total:
             off_total += 1
-        company = cfg.company_for(head.source)
+        if source not in by_source:
+            by_source[source] = (cfg.company_for(source), cfg.policy_for(source))
+        company, chosen = by_source[source]
         if company is not None:
             last[company.invoice_series] += 1
             number = company.number(company.prefix, last[company.invoice_series])
         else:
-            number = "INV-" + _plain_no(head.source, head.order_no, head.external_id)
-        chosen = cfg.policy_for(head.source)
-        why = ("all pushes confirmed" if chosen == "on_order" else head.evidence)
-        docs.append({
-            "invoice_no": number, "order_id": head.id, "order_ref": head.order_no,
-            "customer_code": head.customer_code, "currency": head.currency,
-            "amount": gross, "net_amount": net, "tax_amount": tax, "issued_at": now,
-            "run_id": run_id, "company": company.key if company else None,
-            "policy": chosen, "prices_include_tax": cfg.tax.prices_include_tax,
-            "reason": f"{chosen} (source {head.source}): {why}",
-        })
-        lines[head.id] = [
-            {"line_no": r.line_no, "sku": r.sku, "qty": r.qty, "unit_price": r.unit_price,
-             "net_amount": t.net, "tax_rate": t.rate, "tax_amount": t.tax,
-             "amount": t.gross, "tax_rule": t.rule, "run_id": run_id}
-            for r, t in taxed
-        ]
-    return docs, lines, unpriced, off_total
+            number = "INV-" + _plain_no(source, order_no, external_id)
+        why = "all pushes confirmed" if chosen == "on_order" else evidence
+        docs.append(_NewInvoice(
+            (number, oid, order_no, customer_code, currency, gross, net, tax, now, run_id,
+             company.key if company else None, chosen, include,
+             f"{chosen} (source {source}): {why}"),
+            lines, taxed, "INV-" + _key_no(source, order_no, external_id)))
+    return docs, unpriced, off_total
 
 
-def _by_order(rows: Iterable[Any]) -> Iterable[tuple[Any, list[Any]]]:
-    """(order head, its line rows) from rows sorted by order; an order without lines has []."""
-    head, group = None, []
-    for r in rows:
-        if head is None or r.id != head.id:
-            if head is not None:
-                yield head, group
-            head, group = r, []
-        if r.line_no is not None:
-            group.append(r)
-    if head is not None:
-        yield head, group
+def _key_no(source: str, order_no: str | None, external_id: str) -> str:
+    """Exactly what outbox.order_doc_no spells in SQL after its prefix (COALESCE, not ``or``)."""
+    return f"{source}-{(external_id if order_no is None else order_no).replace('#', '')}"
 
 
-def _tax_lines(rules: TaxRules, currency: str, rows: list[Any]) -> list[tuple[Any, LineTax]] | None:
-    if any(r.qty is None or r.unit_price is None for r in rows):
-        return None
-    return [(r, line_tax(rules, r.sku, currency, r.qty, r.unit_price)) for r in rows]
-
-
-def _insert_invoices(conn: Connection, docs: list[dict[str, Any]],
-                     lines: Mapping[int, list[dict[str, Any]]]) -> int:
+def _insert_invoices(conn: Connection, docs: list[_NewInvoice], run_id: str,
+                     target: str | None, now: datetime, texts: _Texts) -> int:
+    """Insert the invoices that can land, their lines and (with ``target``) their outbox rows;
+    -> how many invoices. A number already taken (by an earlier invoice or earlier in the
+    chunk) skips its invoice; a company number that cannot land fails the transaction."""
     if not docs:
         return 0
-    stmt = (dialect_insert(conn, invoices).on_conflict_do_nothing()
-            .returning(invoices.c.id, invoices.c.order_id))
-    ids = dict((oid, iid) for iid, oid in conn.execute(stmt, docs).all())
-    skipped = [d for d in docs if d["order_id"] not in ids]
-    if any(d["company"] is not None for d in skipped):
-        # a sequence number that does not land would leave a gap: undo the whole transaction
-        taken = next(d["invoice_no"] for d in skipped if d["company"] is not None)
-        raise InvoicingError(f"invoicing: {taken} could not be inserted (number or order "
-                             "already invoiced); nothing written, no number consumed")
-    bulk_insert(conn, invoice_lines, [{**ln, "invoice_id": ids[oid]}
-                                      for oid, rows in lines.items() if oid in ids
-                                      for ln in rows])
-    return len(ids)
+    dialect = conn.dialect.name
+    taken = set(conn.scalars(select(invoices.c.invoice_no).where(
+        in_values(invoices.c.invoice_no, [d.row[0] for d in docs], dialect))))
+    keep: list[_NewInvoice] = []
+    for d in docs:
+        number = d.row[0]
+        if number in taken:
+            if d.row[10] is not None:
+                # a sequence number that does not land would leave a gap: undo the whole
+                # transaction
+                raise InvoicingError(f"invoicing: {number} could not be inserted (number or "
+                                     "order already invoiced); nothing written, no number "
+                                     "consumed")
+            continue
+        taken.add(number)
+        keep.append(d)
+    if not keep:
+        return 0
+    # the orders are not invoiced (the queue's condition) and no other transaction invoices
+    # meanwhile (the locks above): a plain insert, the driver's fastest (COPY on PostgreSQL)
+    insert_rows(conn, invoices, INVOICE_COLUMNS, [d.row for d in keep])
+    ids = dict(conn.execute(select(invoices.c.order_id, invoices.c.id).where(
+        in_values(invoices.c.order_id, [d.row[1] for d in keep], dialect))).all())
+    insert_rows(conn, invoice_lines, LINE_COLUMNS, [
+        (iid, line_no, sku, qty, price, t.net, t.rate, t.tax, t.gross, t.rule, run_id)
+        for d in keep for iid in (ids[d.row[1]],)
+        for (line_no, sku, qty, price), t in zip(d.lines, d.taxed, strict=True)])
+    if target is not None:
+        _insert_new(conn, [_new_invoice_row(d, run_id, target, now, texts) for d in keep])
+    return len(keep)
+
+
+class _Texts:
+    """What one create_invoices spells again and again: each tax rule's rate, quantities."""
+
+    MAX_KEPT = 4096
+
+    def __init__(self) -> None:
+        self.rates: dict[str, str] = {}  # rule -> its rate's text (a config has one per rule)
+        self.qtys: dict[Decimal, str] = {}
+
+    def rate(self, t: LineTax) -> str:
+        text = self.rates.get(t.rule)
+        if text is None:
+            text = self.rates[t.rule] = _rate_text(_stored_rate(t.rate))
+        return text
+
+    def qty(self, value: Decimal | None) -> str | None:
+        text = self.qtys.get(value)  # type: ignore[arg-type]
+        if text is None:
+            text = _qty(value)
+            # never a zero: 0 and -0 are one key but spell differently
+            if value and len(self.qtys) < self.MAX_KEPT:
+                self.qtys[value] = text
+        return text
+
+
+def _new_invoice_row(d: _NewInvoice, run_id: str, target: str, now: datetime, texts: _Texts
+                     ) -> dict[str, Any]:
+    """The outbox row of a new invoice, from its figures in hand: what ``enqueue_invoices``
+    builds from the stored invoice (the stored rate has TAX_RATE's scale)."""
+    (number, oid, order_ref, customer_code, currency, gross, net, tax, issued_at, _, company,
+     _, include, _) = d.row
+    key = f"{target}:invoice:{d.business_key}"
+    money = _figures_money(currency)
+    lines = [_doc_line(sku, texts.qty(qty), price, t.gross, t.net, texts.rate(t), t.tax, money)
+             for (_, sku, qty, price), t in zip(d.lines, d.taxed, strict=True)]
+    payload = _invoice_payload(key, number, order_ref, customer_code, currency, issued_at,
+                               gross, net, tax, company, include, lines)
+    return _outbox_row(key, d.business_key, oid, run_id, target, "invoice", payload, now)
+
+
+def _stored_rate(rate: Decimal) -> Decimal:
+    """The rate as invoice_lines.tax_rate holds it (a rate with more decimals is rounded)."""
+    exponent = rate.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -RATE_PLACES:
+        return rate.quantize(Decimal(1).scaleb(-RATE_PLACES), rounding=ROUND_HALF_UP)
+    return rate
+
 
 
 def complete_invoices(engine: Engine, run_id: str) -> int:
@@ -482,6 +584,10 @@ def complete_invoices(engine: Engine, run_id: str) -> int:
         return transition(conn, ready, "invoiced", run_id, "invoice sent")
 
 
+# What enqueue_invoices reads: the invoices, and the orders their keys are spelled from
+QUEUE_INPUTS = ("invoices", "orders")
+
+
 def enqueue_invoices(engine: Engine, run_id: str, target: str,
                      orders_from: Sequence[str] | None = None) -> int:
     """Outbox rows (operation ``invoice``) for invoices not yet queued to ``target``.
@@ -490,7 +596,20 @@ def enqueue_invoices(engine: Engine, run_id: str, target: str,
     (the same key ``outbox.enqueue(..., "invoice", ...)`` gives an invoice numbered the
     deterministic way, so the two can never queue one order twice). The doc carries the legal
     number (``bill_no``/``invoice_no``), the totals and the taxed lines.
+
+    ``create_invoices`` queues the invoices it creates when given the target; this queues the
+    others (created before a target was configured). A pass leaves every invoice it read
+    queued and outbox rows are never deleted, so there is new work only when an invoice was
+    added or an order (whose number spells the key) written since the last pass: when no run
+    wrote ``invoices`` or ``orders`` since (``warehouse.freshness``) and the newest invoice is
+    the same, a rerun returns at once instead of probing every invoice's key.
     """
+    stage, scope = _queue_mark(target, orders_from)
+    started = freshness.now()  # before anything is read
+    newest = _newest_invoice(engine)
+    last = freshness.unchanged(engine, stage, QUEUE_INPUTS, scope)
+    if last is not None and last.get("newest_invoice") == newest:
+        return 0
     doc_key = order_doc_no("INV")
     key = literal(f"{target}:invoice:") + doc_key
     q = (
@@ -512,32 +631,107 @@ def enqueue_invoices(engine: Engine, run_id: str, target: str,
             heads = conn.execute(q.where(invoices.c.id > lo, invoices.c.id <= hi)).all()
             if heads:
                 added += _insert_new(conn, _invoice_rows(conn, heads, run_id, target))
+    freshness.mark(engine, stage, run_id, started, scope,
+                   {"newest_invoice": newest, "queued": added})
     return added
+
+
+def _queue_mark(target: str, orders_from: Sequence[str] | None) -> tuple[str, str]:
+    """enqueue_invoices' freshness stage (one per target) and key (its sources)."""
+    stage = f"enqueue_invoices:{target}"
+    if len(stage) > 64:  # stage_marks.stage
+        stage = f"enqueue_invoices:{hashlib.sha256(target.encode()).hexdigest()[:40]}"
+    scope = "*" if orders_from is None else json.dumps(sorted(orders_from))
+    return stage, hashlib.sha256(f"{target}|{scope}".encode()).hexdigest()
+
+
+def _newest_invoice(engine: Engine) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(select(func.max(invoices.c.id))).scalar()
 
 
 def _invoice_rows(conn: Connection, heads: Sequence[Any], run_id: str, target: str
                   ) -> list[dict[str, Any]]:
     by_invoice = _doc_lines(conn, heads, sign=1)
+    now = datetime.now(UTC)
     return [
-        _outbox_row(h, run_id, target, "invoice", {
-            "key": h.key, "bill_no": h.invoice_no, "invoice_no": h.invoice_no,
-            "order_ref": h.order_ref, "customer_code": h.customer_code,
-            "currency": h.currency, "issued_at": iso_utc(h.issued_at),
-            "amount": _money(h.amount, h.currency),
-            "net_amount": _money(h.net_amount, h.currency),
-            "tax_amount": _money(h.tax_amount, h.currency),
-            "company": h.company, "prices_include_tax": h.prices_include_tax,
-            "lines": by_invoice.get(h.group_id, []),
-        })
+        _outbox_row(h.key, h.business_key, h.order_id, run_id, target, "invoice",
+                    _invoice_payload(h.key, h.invoice_no, h.order_ref, h.customer_code,
+                                     h.currency, h.issued_at, h.amount, h.net_amount,
+                                     h.tax_amount, h.company, h.prices_include_tax,
+                                     by_invoice.get(h.group_id, [])), now)
         for h in heads
     ]
 
 
-def _outbox_row(h: Any, run_id: str, target: str, operation: str, payload: dict[str, Any]
+def _invoice_payload(key: str, number: str, order_ref: str | None, customer_code: str | None,
+                     currency: str, issued_at: datetime | None, amount: Decimal | None,
+                     net: Decimal | None, tax: Decimal | None, company: str | None,
+                     include: bool | None, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """An invoice's outbox document: one spelling for the stored and the new invoice."""
+    return {
+        "key": key, "bill_no": number, "invoice_no": number, "order_ref": order_ref,
+        "customer_code": customer_code, "currency": currency,
+        "issued_at": iso_utc(issued_at), "amount": _money_text(amount, currency),
+        "net_amount": _money_text(net, currency), "tax_amount": _money_text(tax, currency),
+        "company": company, "prices_include_tax": include, "lines": lines,
+    }
+
+
+def _outbox_row(key: str, business_key: str, order_id: int, run_id: str, target: str,
+                operation: str, payload: dict[str, Any], created_at: datetime
                 ) -> dict[str, Any]:
-    return {"idempotency_key": h.key, "business_key": h.business_key, "order_id": h.order_id,
+    return {"idempotency_key": key, "business_key": business_key, "order_id": order_id,
             "payload": payload, "target": target, "operation": operation, "status": "pending",
-            "attempts": 0, "created_at": datetime.now(UTC), "run_id": run_id}
+            "attempts": 0, "created_at": created_at, "run_id": run_id}
+
+
+def _doc_line(sku: str | None, qty: str | None, unit_price: Decimal | None, amount: Decimal,
+              net: Decimal, rate: str, tax: Decimal, money: Callable[[Decimal], str]
+              ) -> dict[str, Any]:
+    """A taxed doc line; ``qty`` and ``rate`` are already text, ``money`` spells the amounts
+    in the currency's decimals (outbox._money)."""
+    return {"sku": sku, "qty": qty, "unit_price": None if unit_price is None else str(unit_price),
+            "amount": money(amount), "net_amount": money(net), "tax_rate": rate,
+            "tax_amount": money(tax)}
+
+
+def _rate_text(rate: Decimal) -> str:
+    return format(rate.normalize(), "f")
+
+
+@lru_cache(maxsize=256)
+def _money_in(currency: str) -> Callable[[Decimal], str]:
+    """outbox._money(amount, currency) for the amounts of one currency (Decimals, never None),
+    its quantum found once."""
+    quantum = _quantum(currency)
+
+    def text(amount: Decimal) -> str:
+        return str(amount.quantize(quantum, rounding=ROUND_HALF_UP))
+
+    return text
+
+
+@lru_cache(maxsize=256)
+def _figures_money(currency: str) -> Callable[[Decimal], str]:
+    """_money_in for a line's own figures (tax.tax_lines): already rounded to the currency's
+    decimals unless it has more than tax.MAX_PLACES, so they are spelled as they are."""
+    if money_step(currency).as_tuple().exponent == _quantum(currency).as_tuple().exponent:
+        return str
+    return _money_in(currency)
+
+
+def _money_text(value: Decimal | None, currency: str | None = None) -> str | None:
+    """outbox._money (money as text; with a currency, in its own decimals), its quantum found
+    once per currency: called for every amount of every invoice."""
+    if value is None or not currency or value.__class__ is not Decimal:
+        return _money(value, currency)
+    return str(value.quantize(_quantum(currency), rounding=ROUND_HALF_UP))
+
+
+@lru_cache(maxsize=256)
+def _quantum(currency: str) -> Decimal:
+    return quantize(Decimal(1), currency)  # the currency's decimals, as outbox._money rounds
 
 
 def _doc_lines(conn: Connection, heads: Sequence[Any], sign: int) -> dict[int, list[dict]]:
@@ -547,17 +741,16 @@ def _doc_lines(conn: Connection, heads: Sequence[Any], sign: int) -> dict[int, l
     currency = {h.group_id: h.currency for h in heads}
     out: dict[int, list[dict]] = {}
     taxed = conn.execute(
-        select(invoice_lines).where(invoice_lines.c.invoice_id.in_(ids))
+        select(invoice_lines.c.invoice_id, invoice_lines.c.sku, invoice_lines.c.qty,
+               invoice_lines.c.unit_price, invoice_lines.c.amount, invoice_lines.c.net_amount,
+               invoice_lines.c.tax_rate, invoice_lines.c.tax_amount)
+        .where(in_values(invoice_lines.c.invoice_id, ids, conn.dialect.name))
         .order_by(invoice_lines.c.invoice_id, invoice_lines.c.line_no))
-    for r in taxed:
-        cur = currency[r.invoice_id]
-        out.setdefault(r.invoice_id, []).append({
-            "sku": r.sku, "qty": _qty(_signed(r.qty, sign)), "unit_price": _money(r.unit_price),
-            "amount": _money(sign * r.amount, cur),
-            "net_amount": _money(sign * r.net_amount, cur),
-            "tax_rate": format(r.tax_rate.normalize(), "f"),
-            "tax_amount": _money(sign * r.tax_amount, cur),
-        })
+    for iid, sku, qty, price, amount, net, rate, tax in taxed:
+        if sign != 1:  # sign * x, not -x: a zero keeps its sign ("-0.00")
+            qty, amount, net, tax = _signed(qty, sign), sign * amount, sign * net, sign * tax
+        out.setdefault(iid, []).append(_doc_line(sku, _qty(qty), price, amount, net,
+                                                 _rate_text(rate), tax, _money_in(currency[iid])))
     legacy = [i for i in ids if i not in out]
     if legacy:
         plain = conn.execute(
@@ -698,16 +891,17 @@ def enqueue_credit_notes(engine: Engine, run_id: str, target: str) -> int:
 def _credit_rows(conn: Connection, heads: Sequence[Any], run_id: str, target: str
                  ) -> list[dict[str, Any]]:
     by_invoice = _doc_lines(conn, heads, sign=-1)
+    now = datetime.now(UTC)
     return [
-        _outbox_row(h, run_id, target, "credit_note", {
+        _outbox_row(h.key, h.business_key, h.order_id, run_id, target, "credit_note", {
             "key": h.key, "bill_no": h.credit_note_no, "credit_note_no": h.credit_note_no,
             "invoice_no": h.invoice_no, "order_ref": h.order_ref,
             "customer_code": h.customer_code, "currency": h.currency,
-            "issued_at": iso_utc(h.issued_at), "amount": _money(h.amount, h.currency),
-            "net_amount": _money(h.net_amount, h.currency),
-            "tax_amount": _money(h.tax_amount, h.currency), "company": h.company,
+            "issued_at": iso_utc(h.issued_at), "amount": _money_text(h.amount, h.currency),
+            "net_amount": _money_text(h.net_amount, h.currency),
+            "tax_amount": _money_text(h.tax_amount, h.currency), "company": h.company,
             "prices_include_tax": h.prices_include_tax, "cause": h.cause,
             "reason": h.reason, "lines": by_invoice.get(h.group_id, []),
-        })
+        }, now)
         for h in heads
     ]

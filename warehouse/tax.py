@@ -18,15 +18,16 @@ lines, so ``net + tax == gross`` holds on every line and on the invoice:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, NamedTuple
 
 from warehouse.money import ROUNDING, decimals
 
-__all__ = ["LineTax", "TaxConfigError", "TaxRules", "line_tax", "round_money", "totals"]
+__all__ = ["LineTax", "TaxConfigError", "TaxRules", "line_tax", "round_money", "tax_lines",
+           "totals"]
 
 ZERO = Decimal(0)
 # warehouse MONEY columns are Numeric(18, 2): a 3-decimal currency is rounded to what they hold,
@@ -40,7 +41,13 @@ class TaxConfigError(ValueError):
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Half up to the currency's decimals (at most MAX_PLACES): the one rounding edge."""
-    return amount.quantize(_step(min(decimals(currency), MAX_PLACES)), rounding=ROUNDING)
+    return amount.quantize(money_step(currency), rounding=ROUNDING)
+
+
+@lru_cache(maxsize=256)
+def money_step(currency: str) -> Decimal:
+    """The quantum ``round_money`` rounds to (0.01 for USD, 1 for JPY): found once per currency."""
+    return _step(min(decimals(currency), MAX_PLACES))
 
 
 @lru_cache(maxsize=16)
@@ -95,14 +102,31 @@ class TaxRules:
 
     def rate_for(self, sku: str | None, currency: str) -> tuple[Decimal, str]:
         """The rate of one line and the rule that chose it (stored with the line: the why)."""
-        if sku:
-            # longest prefix first, so "SKU-99" beats "SKU-9" whatever the file's order
-            for prefix in sorted(self.by_sku_prefix, key=len, reverse=True):
-                if sku.startswith(prefix):
-                    return self.by_sku_prefix[prefix], f"by_sku_prefix {prefix}"
-        if currency in self.by_currency:
-            return self.by_currency[currency], f"by_currency {currency}"
-        return self.default, "default"
+        return self.rates_in(currency)(sku)
+
+    def rates_in(self, currency: str) -> Callable[[str | None], tuple[Decimal, str]]:
+        """``rate_for`` of one currency, as a function of the SKU: what is the same for every
+        line of an order (the currency's rate, no prefix rules at all) is decided once."""
+        fallback = ((self.by_currency[currency], f"by_currency {currency}")
+                    if currency in self.by_currency else (self.default, "default"))
+        prefixes = self._prefixes
+        if not prefixes:
+            return lambda sku: fallback
+
+        def rate(sku: str | None) -> tuple[Decimal, str]:
+            if sku:
+                for prefix, found in prefixes:
+                    if sku.startswith(prefix):
+                        return found
+            return fallback
+
+        return rate
+
+    @cached_property
+    def _prefixes(self) -> tuple[tuple[str, tuple[Decimal, str]], ...]:
+        # longest prefix first, so "SKU-99" beats "SKU-9" whatever the file's order
+        return tuple((p, (self.by_sku_prefix[p], f"by_sku_prefix {p}"))
+                     for p in sorted(self.by_sku_prefix, key=len, reverse=True))
 
 
 def _rates(raw: Any, where: str, currency: bool = False) -> dict[str, Decimal]:
@@ -123,8 +147,7 @@ def _rates(raw: Any, where: str, currency: bool = False) -> dict[str, Decimal]:
     return out
 
 
-@dataclass(frozen=True)
-class LineTax:
+class LineTax(NamedTuple):
     """One invoice line's amounts (rounded) and the rule behind its rate."""
 
     net: Decimal
@@ -137,15 +160,31 @@ class LineTax:
 def line_tax(rules: TaxRules, sku: str | None, currency: str, qty: Decimal,
              unit_price: Decimal) -> LineTax:
     """Net, tax and gross of one line (see the module docstring for the two price modes)."""
-    rate, rule = rules.rate_for(sku, currency)
-    amount = qty * unit_price
+    return tax_lines(rules, currency, ((sku, qty, unit_price),))[0]
+
+
+def tax_lines(rules: TaxRules, currency: str,
+              lines: Iterable[tuple[str | None, Decimal, Decimal]]) -> list[LineTax]:
+    """``line_tax`` of each (sku, qty, unit_price) line of one order (one currency): the rate
+    lookup and the rounding step are settled once for the order, not once per line."""
+    step = money_step(currency)
+    rate_for = rules.rates_in(currency)
+    out: list[LineTax] = []
+    add = out.append
+    new = tuple.__new__  # LineTax(...) without the Python-level __new__: one per order line
     if rules.prices_include_tax:
-        gross = round_money(amount, currency)
-        net = round_money(gross / (1 + rate), currency)
-        return LineTax(net, rate, gross - net, gross, rule)
-    net = round_money(amount, currency)
-    tax = round_money(net * rate, currency)
-    return LineTax(net, rate, tax, net + tax, rule)
+        for sku, qty, unit_price in lines:
+            rate, rule = rate_for(sku)
+            gross = (qty * unit_price).quantize(step, rounding=ROUNDING)
+            net = (gross / (1 + rate)).quantize(step, rounding=ROUNDING)
+            add(new(LineTax, (net, rate, gross - net, gross, rule)))
+        return out
+    for sku, qty, unit_price in lines:
+        rate, rule = rate_for(sku)
+        net = (qty * unit_price).quantize(step, rounding=ROUNDING)
+        tax = (net * rate).quantize(step, rounding=ROUNDING)
+        add(new(LineTax, (net, rate, tax, net + tax, rule)))
+    return out
 
 
 def totals(lines: Iterable[LineTax]) -> tuple[Decimal, Decimal, Decimal]:
