@@ -16,21 +16,22 @@ from flows.config import Settings
 from flows.console import progress
 from warehouse import outbox
 
-CLAIM_SIZE = 500
+CLAIM_SIZE = 500  # rows per batch, unless the connector says (``push_batch``) or the caller
 
 
 def drain(settings: Settings, engine: Engine, run_id: str, target: str, operation: str,
-          claim_size: int = CLAIM_SIZE) -> dict[str, Any]:
+          claim_size: int | None = None) -> dict[str, Any]:
     counts = {"target": target, "operation": operation, "done": 0, "failed": 0, "recovered": 0}
-    connector = None
+    if not outbox.ready_to_drain(engine, target, operation):
+        return counts  # nothing to send: no connector built
+    connector = build_connector(target, settings.connector_config(target))
+    size = claim_size or getattr(connector, "push_batch", None) or CLAIM_SIZE
     after_id = 0
-    while True:
-        rows = outbox.claim(engine, target, operation, claim_size, after_id=after_id)
-        if not rows:
-            break
+    # claim and mark_sending in one commit, before the request leaves; one commit for the
+    # batch's results after it
+    while rows := outbox.claim(engine, target, operation, size, after_id=after_id,
+                               sending=True):
         after_id = rows[-1]["id"]
-        connector = connector or build_connector(target, settings.connector_config(target))
-        outbox.mark_sending(engine, [r["id"] for r in rows])
         by_key = {r["idempotency_key"]: r for r in rows}
         results = []
         for recover in (False, True):
@@ -39,8 +40,8 @@ def drain(settings: Settings, engine: Engine, run_id: str, target: str, operatio
                 results += connector.push(operation, docs, recover=recover)
         done = [(by_key[r.key]["id"], r.remote_id) for r in results if r.ok]
         failed = [(by_key[r.key]["id"], r.error or "unknown error") for r in results if not r.ok]
-        outbox.mark_done(engine, done, run_id=run_id)  # the run that confirmed it: rollback unit
-        outbox.mark_failed(engine, failed)
+        # done: the run that confirmed it becomes the row's run (the rollback unit)
+        outbox.mark_results(engine, done, failed, run_id=run_id)
         counts["done"] += len(done)
         counts["failed"] += len(failed)
         counts["recovered"] += sum(1 for r in rows if r["recover"])

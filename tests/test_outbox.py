@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from warehouse import outbox as ob
 from warehouse import schema as s
@@ -187,17 +187,24 @@ def test_sending_rows_come_back_with_recover_after_the_lease(engine, orders):
     assert [r["recover"] for r in ob.claim(engine, "shopify", "fulfilment", 10)] == [True]
 
 
-def test_two_workers_never_take_the_same_row(engine, orders):
-    with engine.begin() as conn:  # 200 rows to fight over
+def _plain_rows(engine, n, **over):
+    """``n`` outbox rows (kingdee sales orders) inserted as is; -> their ids."""
+    with engine.begin() as conn:
         conn.execute(insert(s.outbox), [
             {"idempotency_key": f"kingdee:sales_order:SO-{i}", "target": "kingdee",
              "operation": "sales_order", "business_key": f"SO-{i}", "payload": {"n": i},
-             "status": "pending", "attempts": 0, "created_at": T0, "run_id": RUN}
-            for i in range(200)])
+             "status": "pending", "attempts": 0, "created_at": T0, "run_id": RUN, **over}
+            for i in range(n)])
+        return list(conn.execute(select(s.outbox.c.id).order_by(s.outbox.c.id)).scalars())
+
+
+@pytest.mark.parametrize("sending", [False, True])
+def test_two_workers_never_take_the_same_row(engine, orders, sending):
+    _plain_rows(engine, 200)  # 200 rows to fight over
     taken: list[list[int]] = [[], [], [], []]
 
     def worker(n: int) -> None:
-        while rows := ob.claim(engine, "kingdee", "sales_order", 7):
+        while rows := ob.claim(engine, "kingdee", "sales_order", 7, sending=sending):
             taken[n].extend(r["id"] for r in rows)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
@@ -207,6 +214,123 @@ def test_two_workers_never_take_the_same_row(engine, orders):
         t.join()
     ids = [i for t in taken for i in t]
     assert len(ids) == len(set(ids)) == 200
+
+
+def test_claim_for_sending_marks_the_batch_in_the_same_commit(engine, orders):
+    """What a drain does: claim and mark_sending as one step. The rows come back as they were
+    claimed (status, attempts, recover); in the table they are already `sending`."""
+    ob.enqueue(engine, RUN, "sales_order", "kingdee", ["shopify", "jiandaoyun"])
+    first = ob.claim(engine, "kingdee", "sales_order", 2, sending=True)
+    assert [(r["business_key"], r["status"], r["attempts"], r["recover"]) for r in first] == [
+        ("SO-shopify-1001", "pending", 0, False), ("SO-shopify-1002", "pending", 0, False)]
+    rows = {r.id: r for r in _rows(engine).values()}
+    assert [(rows[r["id"]].status, rows[r["id"]].attempts) for r in first] == [("sending", 1)] * 2
+    assert all(rows[r["id"]].claimed_at is not None for r in first)
+    # another worker gets only the rest; nobody gets the in-flight rows within the lease
+    other = ob.claim(engine, "kingdee", "sales_order", 10, sending=True)
+    assert [r["business_key"] for r in other] == ["SO-jiandaoyun-JDY-000001"]
+    assert ob.claim(engine, "kingdee", "sales_order", 10, sending=True) == []
+    # ... the worker crashed mid-send: after the lease they come back to be looked up first
+    again = ob.claim(engine, "kingdee", "sales_order", 2, lease_seconds=0, sending=True)
+    assert [(r["id"], r["status"], r["attempts"], r["recover"]) for r in again] == [
+        (r["id"], "sending", 1, True) for r in first]
+    after = {r.id: r for r in _rows(engine).values()}
+    assert [(after[r["id"]].status, after[r["id"]].attempts) for r in first] == [("sending", 2)] * 2
+
+
+def test_claim_takes_pending_and_sending_rows_together_oldest_first(engine, orders):
+    ids = _plain_rows(engine, 6)
+    stale = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:  # a crashed worker's rows among new ones
+        conn.execute(update(s.outbox).where(s.outbox.c.id.in_([ids[1], ids[4]]))
+                     .values(status="sending", attempts=1, claimed_at=stale))
+        conn.execute(update(s.outbox).where(s.outbox.c.id == ids[2]).values(status="done"))
+    got = ob.claim(engine, "kingdee", "sales_order", 3)
+    assert [(r["id"], r["recover"]) for r in got] == [(ids[0], False), (ids[1], True),
+                                                       (ids[3], False)]
+    rest = ob.claim(engine, "kingdee", "sales_order", 3, after_id=ids[3])
+    assert [(r["id"], r["recover"]) for r in rest] == [(ids[4], True), (ids[5], False)]
+
+
+def test_mark_results_marks_a_batch_in_one_step(engine, orders):
+    ids = _plain_rows(engine, 4)
+    ob.claim(engine, "kingdee", "sales_order", 10, sending=True)
+    ob.mark_results(engine, [(ids[0], "R-0"), (ids[1], None), (ids[0], "R-0b")],
+                    [(ids[2], "HTTP 500: boom"), (ids[3], "x" * 3000)], run_id=RUN2)
+    rows = {r.id: r for r in _rows(engine).values()}
+    assert [(rows[i].status, rows[i].remote_id, rows[i].run_id, rows[i].last_error)
+            for i in ids[:2]] == [("done", "R-0b", RUN2, None), ("done", None, RUN2, None)]
+    assert all(rows[i].done_at is not None for i in ids[:2])
+    assert [(rows[i].status, rows[i].attempts, rows[i].claimed_at, rows[i].run_id)
+            for i in ids[2:]] == [("pending", 1, None, RUN)] * 2  # a failure keeps the run
+    assert rows[ids[2]].last_error == "HTTP 500: boom" and len(rows[ids[3]].last_error) == 2000
+    ob.mark_failed(engine, [(ids[0], "late")])  # a done row stays done
+    ob.mark_done(engine, [(ids[2], "R-2")])  # without a run id: the row keeps its own
+    rows = {r.id: r for r in _rows(engine).values()}
+    assert (rows[ids[0]].status, rows[ids[0]].last_error) == ("done", None)
+    assert (rows[ids[2]].status, rows[ids[2]].remote_id, rows[ids[2]].run_id) == ("done", "R-2",
+                                                                                  RUN)
+
+
+def test_insert_new_skips_keys_already_queued_and_repeated(engine, orders):
+    def row(key, n):
+        return {"idempotency_key": key, "business_key": key, "order_id": None,
+                "payload": {"n": n, "amount": D("1.50")}, "target": "kingdee",
+                "operation": "invoice", "status": "pending", "attempts": 0, "created_at": T0,
+                "run_id": RUN}
+
+    with engine.begin() as conn:
+        assert ob._insert_new(conn, [row("k1", 1), row("k2", 2), row("k1", 3)]) == 2
+        assert ob._insert_new(conn, [row("k2", 4), row("k3", 5)]) == 1
+        assert ob._insert_new(conn, []) == 0
+    rows = _rows(engine)
+    assert list(rows) == ["k1", "k2", "k3"]  # in the order given, the first of a key wins
+    assert [r.payload for r in rows.values()] == [{"n": 1, "amount": "1.50"},
+                                                  {"n": 2, "amount": "1.50"},
+                                                  {"n": 5, "amount": "1.50"}]
+    assert rows["k3"].created_at == T0 and rows["k3"].attempts == 0
+
+
+def test_ready_to_drain_sees_what_claim_would_take(engine, orders):
+    assert not ob.ready_to_drain(engine, "kingdee", "sales_order")
+    ids = _plain_rows(engine, 2)
+    assert ob.ready_to_drain(engine, "kingdee", "sales_order")
+    assert not ob.ready_to_drain(engine, "kingdee", "invoice")
+    ob.claim(engine, "kingdee", "sales_order", 10, sending=True)
+    assert not ob.ready_to_drain(engine, "kingdee", "sales_order")  # held within the lease
+    assert ob.ready_to_drain(engine, "kingdee", "sales_order", lease_seconds=0)
+    ob.mark_done(engine, [(i, "R") for i in ids])
+    assert not ob.ready_to_drain(engine, "kingdee", "sales_order", lease_seconds=0)
+
+
+def test_a_big_drain_gets_fresh_statistics_first(engine, orders, monkeypatch):
+    """PostgreSQL plans claim's pick on the outbox's statistics: after a bulk enqueue they
+    describe the table before it, so a big drain analyzes first (SQLite keeps none)."""
+    monkeypatch.setattr(ob, "BIG_DRAIN", 3)
+    _plain_rows(engine, 3)
+
+    def reltuples():
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT reltuples FROM pg_class "
+                                     "WHERE relname = 'outbox'")).scalar()
+
+    if engine.dialect.name == "postgresql":
+        assert reltuples() < 0  # never analyzed
+    assert ob.ready_to_drain(engine, "kingdee", "sales_order")
+    if engine.dialect.name == "postgresql":
+        assert reltuples() == 3
+
+
+def test_fulfilment_quantities_keep_their_spelling(engine, orders):
+    """Each distinct quantity is formatted once per window: equal values in another spelling,
+    zero and fractions still come out as _qty spells them."""
+    with engine.begin() as conn:
+        add_order(conn, "shopify", "E9", "#1009", "allocated",
+                  [("SKU-A", "2.000", "1"), ("SKU-B", "2", "1"), ("SKU-C", "0", "1"),
+                   ("SKU-D", "2.500", "1"), ("SKU-E", "100", "1"), ("SKU-F", "0.125", "1")])
+    ob.enqueue(engine, RUN, "fulfilment", "shopify", ["shopify"])
+    lines = _rows(engine)["shopify:fulfilment:E9"].payload["lines"]
+    assert [ln["qty"] for ln in lines] == ["2", "2", "0", "2.5", "100", "0.125"]
 
 
 def test_complete_pushes_moves_only_fully_pushed_orders(engine, orders):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from checks.gate import run_gate
 from checks.suite import load_suite
@@ -29,6 +30,7 @@ from warehouse.engine import begin_write, make_engine, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "33333333-3333-4333-8333-333333333333"
+RUN2 = "33333333-3333-4333-8333-333333333334"
 
 
 @pytest.fixture
@@ -85,3 +87,55 @@ def test_crash_after_send_and_before_send(world, target, operation, system):
     # And a further drain has nothing left to do.
     assert drain(settings, engine, RUN, target, operation)["done"] == 0
     assert sum(creates.values()) == len(rows)
+
+
+class _Recorder:
+    """A connector that confirms every doc and records the batches it was given."""
+
+    push_batch = 2
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], bool]] = []
+
+    def push(self, operation, docs, recover=False):
+        from connectors.base import PushResult
+
+        self.batches.append(([d["key"] for d in docs], recover))
+        return [PushResult(d["key"], True, remote_id=f"R-{d['key']}") for d in docs]
+
+
+def _queue(engine, n):
+    with begin_write(engine) as conn:
+        outbox._insert_new(conn, [
+            {"idempotency_key": f"kingdee:sales_order:SO-{i}", "business_key": f"SO-{i}",
+             "order_id": None, "payload": {"key": f"kingdee:sales_order:SO-{i}"},
+             "target": "kingdee", "operation": "sales_order", "status": "pending",
+             "attempts": 0, "created_at": datetime.now(UTC), "run_id": RUN}
+            for i in range(n)])
+
+
+def test_drain_sends_in_the_connectors_batches_and_marks_each_once(sqlite_engine, monkeypatch):
+    import flows.push
+
+    recorder = _Recorder()
+    monkeypatch.setattr(flows.push, "build_connector", lambda target, cfg: recorder)
+    settings = SimpleNamespace(connector_config=lambda target: {})
+    _queue(sqlite_engine, 5)
+    # a crashed earlier drain left the second row `sending`: it is looked up, not re-created
+    outbox.claim(sqlite_engine, "kingdee", "sales_order", 2, sending=True)
+    _expire_leases(sqlite_engine)
+    outbox.mark_failed(sqlite_engine, [(1, "read timed out")])
+    result = drain(settings, sqlite_engine, RUN2, "kingdee", "sales_order")
+    assert (result["done"], result["failed"], result["recovered"]) == (5, 0, 2)
+    keys = [f"kingdee:sales_order:SO-{i}" for i in range(5)]
+    assert recorder.batches == [([keys[0], keys[1]], True), ([keys[2], keys[3]], False),
+                                ([keys[4]], False)]
+    with sqlite_engine.connect() as conn:
+        rows = conn.execute(select(outbox.outbox.c.status, outbox.outbox.c.attempts,
+                                   outbox.outbox.c.remote_id, outbox.outbox.c.run_id)
+                            .order_by(outbox.outbox.c.id)).all()
+    assert rows == [("done", 2, f"R-{keys[0]}", RUN2), ("done", 2, f"R-{keys[1]}", RUN2),
+                    *[("done", 1, f"R-{k}", RUN2) for k in keys[2:]]]
+    # nothing left: the next drain builds no connector at all
+    monkeypatch.setattr(flows.push, "build_connector", lambda target, cfg: pytest.fail("built"))
+    assert drain(settings, sqlite_engine, RUN2, "kingdee", "sales_order")["done"] == 0

@@ -4,15 +4,18 @@ Life of a row: ``pending`` -> ``sending`` (the request may have left) -> ``done`
 
 - ``enqueue`` creates rows set-based with a deterministic idempotency key
   ``{target}:{operation}:{business_key}``; the unique key makes a second enqueue a no-op.
-- ``claim`` hands a batch to one worker: it stamps ``claimed_at`` in the same statement that
-  picks the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), and skips rows another worker
-  claimed within the lease, so two workers never take the same row.
-- ``mark_sending`` is committed before the request leaves. A row found still ``sending`` after
+- ``claim`` hands a batch to one worker: it stamps ``claimed_at`` in the same transaction
+  that picks the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock on SQLite),
+  and skips rows another worker claimed within the lease, so two workers never take the same
+  row. One statement stamps the whole batch (the ids as one parameter).
+- ``mark_sending`` is committed before the request leaves (a drain does it in the claim's own
+  statement and commit: ``claim(..., sending=True)``). A row found still ``sending`` after
   its lease has expired, or any row with an earlier attempt, may have reached the target:
   ``claim`` returns it with ``recover=True`` and the connector looks for the remote document
   before creating one.
 - ``mark_done`` only on confirmed success; ``mark_failed`` puts the row back to ``pending``
-  until ``max_attempts``, then ``failed`` (left for a person, never retried silently).
+  until ``max_attempts``, then ``failed`` (left for a person, never retried silently);
+  ``mark_results`` does both for a batch in one transaction, set-based.
 - ``done`` -> ``compensated``: a rollback (flows/rollback.py) undid the remote document;
   ``done_in_run`` lists what a run pushed, newest first. A compensated row keeps its key, so
   enqueue never re-creates it: ``requeue_compensated`` (an ops decision) sends it again.
@@ -20,10 +23,10 @@ Life of a row: ``pending`` -> ``sending`` (the request may have left) -> ``done`
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -39,10 +42,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
+from sqlalchemy.types import NullType
 
-from warehouse.engine import begin_write, dialect_insert, id_windows, json_default
+from warehouse.engine import begin_write, id_windows, in_values, insert_rows, update_rows
 from warehouse.money import quantize
 from warehouse.orders import transition
 from warehouse.schema import allocations, customers, invoices, order_lines, orders, outbox
@@ -55,6 +60,7 @@ MAX_ATTEMPTS = 5
 LEASE_SECONDS = 600
 ACTIVE = ("pending", "sending")
 ENQUEUE_CHUNK = 5000  # order (or invoice) ids per window: enqueue's memory follows this
+BIG_DRAIN = 10_000  # claimable rows from which a drain refreshes statistics (ready_to_drain)
 
 
 class OutboxError(ValueError):
@@ -151,23 +157,17 @@ def enqueue(
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> int:
-    """INSERT the rows, skipping keys already queued (a concurrent enqueue); -> rows inserted."""
-    if conn.dialect.name == "postgresql":
-        # one JSON parameter expanded server-side: ~4x faster than psycopg's multi-row VALUES,
-        # whose client-side parameter handling dominates at tens of thousands of rows
-        cols = ", ".join(rows[0])
-        stmt = text(
-            f"INSERT INTO outbox ({cols}) SELECT {cols} "
-            "FROM json_populate_recordset(NULL::outbox, CAST(:rows AS json)) "
-            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-        )
-        return len(conn.execute(stmt, {"rows": json.dumps(rows, default=json_default)}).all())
-    stmt = (
-        dialect_insert(conn, outbox)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(outbox.c.id)
-    )
-    return len(conn.execute(stmt, rows).all())
+    """INSERT the rows (dicts with the same keys, every column they need), in their order,
+    skipping keys already queued (a concurrent enqueue); -> rows inserted.
+
+    The driver's fastest path (``insert_rows``: COPY on PostgreSQL, a driver executemany on
+    SQLite) with ``ON CONFLICT (idempotency_key) DO NOTHING``."""
+    if not rows:
+        return 0
+    columns = list(rows[0])
+    values = itemgetter(*columns)
+    return insert_rows(conn, outbox, columns, [values(r) for r in rows],
+                       skip_existing=("idempotency_key",))
 
 
 def _not_queued(key: ColumnElement[str]) -> ColumnElement[bool]:
@@ -195,38 +195,75 @@ def _group(rows: Iterable[Any], head: Any, line: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _each_value_once(conn: Connection, column: ColumnElement[Any],
+                     fn: Callable[[Any], str | None]
+                     ) -> tuple[ColumnElement[Any], Callable[[Any], str | None]]:
+    """What to select for ``column`` and the function giving ``fn(its value)`` from what comes
+    back, computed once per distinct value: a window's lines repeat a few quantities thousands
+    of times. Only for an ``fn`` that reads the value, not its spelling (``_qty``: 2 and 2.000
+    give "2"). On SQLite a Numeric comes from the driver as a float or int: it is selected as
+    such (no per-row Decimal) and the column's own result processing runs once per value;
+    PostgreSQL's driver gives the Decimal itself. Zero is never kept (0 and -0 are one key
+    but may spell differently)."""
+    dialect = conn.dialect
+    process = None
+    if dialect.name == "sqlite":
+        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        column = type_coerce(column, NullType())
+    kept: dict[Any, str | None] = {}
+
+    def once(value: Any) -> str | None:
+        text = kept.get(value)
+        if text is None:
+            text = fn(process(value) if process is not None and value is not None else value)
+            if value:
+                kept[value] = text
+        return text
+
+    return column, once
+
+
 def _fulfilment_docs(
     conn: Connection, target: str, orders_from: Sequence[str] | None,
     window: tuple[int, int],
 ) -> list[dict[str, Any]]:
     business_key = orders.c.external_id
     key = _key_expr(target, "fulfilment", business_key)
+    # (order, allocated line) rows sorted by order, folded into one doc per order: the hot
+    # loop of a big enqueue, so plain tuples and each distinct quantity formatted once
+    qty_column, qty = _each_value_once(conn, allocations.c.qty, _qty)
     q = (
         select(
-            orders.c.id.label("group_id"),
+            orders.c.id,
             orders.c.external_id,
             orders.c.order_no,
             key.label("key"),
             order_lines.c.sku,
-            allocations.c.qty,
-            literal(True).label("has_line"),
+            qty_column,
         )
         .join(order_lines, order_lines.c.order_id == orders.c.id)
         .join(allocations, and_(allocations.c.order_line_id == order_lines.c.id,
                                 allocations.c.status == "allocated"))
         .where(orders.c.source == target, orders.c.status == "allocated", _not_queued(key),
-               *_source_filter(orders_from), *_in_window(orders.c.id, window))
+               *_source_filter(orders_from), *_in_window(orders.c.id, window),
+               # implied by the join, spelled out so the window's lines are found by their
+               # index (PostgreSQL would scan every line of the table per window)
+               *_in_window(order_lines.c.order_id, window))
         .order_by(orders.c.id, order_lines.c.line_no, allocations.c.id)
     )
-    return _group(
-        conn.execute(q),
-        lambda r: {
-            "idempotency_key": r.key, "business_key": r.external_id, "order_id": r.group_id,
-            "payload": {"key": r.key, "order_external_id": r.external_id,
-                        "order_no": r.order_no, "lines": []},
-        },
-        lambda r: {"sku": r.sku, "qty": _qty(r.qty)},
-    )
+    docs: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    current = None
+    for order_id, external_id, order_no, doc_key, sku, allocated in conn.execute(q):
+        if order_id != current:
+            current = order_id
+            lines = []
+            docs.append({"idempotency_key": doc_key, "business_key": external_id,
+                         "order_id": order_id,
+                         "payload": {"key": doc_key, "order_external_id": external_id,
+                                     "order_no": order_no, "lines": lines}})
+        lines.append({"sku": sku, "qty": qty(allocated)})
+    return docs
 
 
 def _sales_order_docs(
@@ -252,7 +289,8 @@ def _sales_order_docs(
             order_lines.c.id.is_not(None).label("has_line"),
         )
         .outerjoin(customers, customers.c.id == orders.c.customer_id)
-        .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
+        .outerjoin(order_lines, and_(order_lines.c.order_id == orders.c.id,
+                                     *_in_window(order_lines.c.order_id, window)))  # as above
         .where(orders.c.status.in_(("allocated", "backordered")), orders.c.source != target,
                _not_queued(key), *_source_filter(orders_from), *_in_window(orders.c.id, window))
         .order_by(orders.c.id, order_lines.c.line_no)
@@ -315,6 +353,17 @@ def _invoice_docs(
 # --- claim and mark ---------------------------------------------------------------------------
 
 
+# what claim returns of a row besides its id, status and attempts (taken by the pick)
+_CLAIMED = (outbox.c.id, outbox.c.idempotency_key, outbox.c.target, outbox.c.operation,
+            outbox.c.business_key, outbox.c.order_id, outbox.c.payload)
+
+
+def _claimable(target: str, operation: str, stale: datetime) -> list[ColumnElement[bool]]:
+    """Rows of (target, operation) no worker holds: never claimed, or the lease ran out."""
+    return [outbox.c.target == target, outbox.c.operation == operation,
+            or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at <= stale)]
+
+
 def claim(
     engine: Engine,
     target: str,
@@ -322,47 +371,80 @@ def claim(
     limit: int,
     after_id: int = 0,
     lease_seconds: float = LEASE_SECONDS,
+    sending: bool = False,
 ) -> list[dict[str, Any]]:
     """Take up to ``limit`` unclaimed pending or sending rows for one worker, oldest first.
 
     Rows claimed by another worker within ``lease_seconds`` are skipped; ``sending`` rows come
     back with ``recover=True``. ``after_id`` lets a drain loop move past rows it already tried
     in this pass (a failed row goes back to pending and would otherwise be taken again at once).
+    ``sending=True`` also does ``mark_sending`` in the same statement and commit (a drain about
+    to send the batch): the rows come back as they were when claimed.
     """
     now = _now()
     stale = now - timedelta(seconds=lease_seconds)
+    stamp: dict[str, Any] = {"claimed_at": now}
+    if sending:
+        stamp.update(status="sending", attempts=outbox.c.attempts + 1)
     pick = (
-        select(outbox.c.id)
-        .where(
-            outbox.c.target == target,
-            outbox.c.operation == operation,
-            outbox.c.status.in_(ACTIVE),
-            outbox.c.id > after_id,
-            or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at <= stale),
-        )
+        # narrow: whatever plan the database picks, it never sorts payloads
+        select(outbox.c.id, outbox.c.status, outbox.c.attempts)
+        .where(*_claimable(target, operation, stale), outbox.c.id > after_id)
         .order_by(outbox.c.id)
         .limit(limit)
-        # PostgreSQL: a second worker skips the rows this statement is taking; SQLite has one
-        # writer at a time, and the pick and the stamp are one statement there too
+        # PostgreSQL: a second worker skips the rows this transaction has locked; SQLite has
+        # one writer at a time (begin_write takes the write lock before the pick)
         .with_for_update(skip_locked=True)
     )
-    stmt = (
-        update(outbox)
-        .where(outbox.c.id.in_(pick.scalar_subquery()))
-        .values(claimed_at=now)
-        .returning(
-            outbox.c.id, outbox.c.idempotency_key, outbox.c.target, outbox.c.operation,
-            outbox.c.business_key, outbox.c.order_id, outbox.c.payload, outbox.c.status,
-            outbox.c.attempts,
-        )
-    )
     with begin_write(engine) as conn:
-        rows = conn.execute(stmt).mappings().all()
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            rows = conn.execute(pick.where(outbox.c.status.in_(ACTIVE))).all()
+        else:
+            # one pick per status: each walks the status index in id order and stops at
+            # ``limit``, where one IN (...) would sort every active row on every claim
+            rows = sorted((r for status in ACTIVE
+                           for r in conn.execute(pick.where(outbox.c.status == status))),
+                          key=itemgetter(0))[:limit]
+        if not rows:
+            return []
+        # the stamp: one statement for the batch (the ids as one parameter), which also
+        # returns the rest of each row
+        stamped = {r[0]: r for r in conn.execute(
+            update(outbox).where(in_values(outbox.c.id, [r.id for r in rows], dialect))
+            .values(**stamp).returning(*_CLAIMED))}
     # Any earlier attempt may have reached the target (a timeout after the remote create, a
     # lost answer): such a row is looked up before it is created again, not only `sending` ones.
-    claimed = [{**r, "recover": r["status"] == "sending" or r["attempts"] > 0} for r in rows]
-    claimed.sort(key=lambda r: r["id"])  # RETURNING order is not guaranteed
+    # status and attempts are the row's as claimed (before ``sending`` changed them).
+    claimed = []
+    for id_, status, attempts in rows:
+        _, key, target_, operation_, business_key, order_id, payload = stamped[id_]
+        claimed.append({"id": id_, "idempotency_key": key, "target": target_,
+                        "operation": operation_, "business_key": business_key,
+                        "order_id": order_id, "payload": payload, "status": status,
+                        "attempts": attempts, "recover": status == "sending" or attempts > 0})
     return claimed
+
+
+def ready_to_drain(engine: Engine, target: str, operation: str,
+                   lease_seconds: float = LEASE_SECONDS) -> bool:
+    """Whether ``claim`` would find a row now (a drain looks before it builds a connector).
+
+    PostgreSQL, a big drain (``BIG_DRAIN`` rows or more, a bulk enqueue just before): the
+    outbox's statistics are refreshed first. Planned on the statistics from before the
+    enqueue, claim's pick would read and sort every active row on each call, where it
+    should walk the primary key from ``after_id``; autovacuum analyzes too, but a minute or
+    more later."""
+    stale = _now() - timedelta(seconds=lease_seconds)
+    waiting = (select(outbox.c.id).where(*_claimable(target, operation, stale),
+                                         outbox.c.status.in_(ACTIVE))
+               .limit(BIG_DRAIN).subquery())
+    with engine.connect() as conn:
+        found = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+    if found >= BIG_DRAIN and engine.dialect.name == "postgresql":
+        with begin_write(engine) as conn:
+            conn.execute(text("ANALYZE outbox"))
+    return found > 0
 
 
 def mark_sending(engine: Engine, ids: Sequence[int]) -> None:
@@ -372,7 +454,8 @@ def mark_sending(engine: Engine, ids: Sequence[int]) -> None:
     with begin_write(engine) as conn:
         conn.execute(
             update(outbox)
-            .where(outbox.c.id.in_(list(ids)), outbox.c.status.in_(ACTIVE))
+            .where(in_values(outbox.c.id, list(ids), conn.dialect.name),
+                   outbox.c.status.in_(ACTIVE))
             .values(status="sending", attempts=outbox.c.attempts + 1, claimed_at=_now())
         )
 
@@ -384,26 +467,46 @@ def mark_done(engine: Engine, results: Sequence[tuple[int, str | None]],
     ``run_id``: the run that confirmed them; it becomes the row's run_id (invariant 6: the run
     that last wrote the row), so ``done_in_run`` - what a rollback undoes - names the run that
     really pushed the document. None keeps the enqueuing run's id."""
-    if not results:
-        return
-    stamp = {} if run_id is None else {"run_id": run_id}
-    stmt = (
-        update(outbox)
-        .where(outbox.c.id == bindparam("b_id"))
-        .values(status="done", remote_id=bindparam("b_remote"), done_at=bindparam("b_at"),
-                last_error=None, **stamp)
-    )
-    now = _now()
-    with begin_write(engine) as conn:
-        conn.execute(stmt, [{"b_id": i, "b_remote": r, "b_at": now} for i, r in results])
+    mark_results(engine, results, (), run_id=run_id)
 
 
 def mark_failed(
     engine: Engine, results: Sequence[tuple[int, str]], max_attempts: int = MAX_ATTEMPTS
 ) -> None:
     """Failed sends: (outbox id, error). Back to pending until ``max_attempts``, then failed."""
-    if not results:
+    mark_results(engine, (), results, max_attempts=max_attempts)
+
+
+def mark_results(engine: Engine, done: Sequence[tuple[int, str | None]],
+                 failed: Sequence[tuple[int, str]], run_id: str | None = None,
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
+    """``mark_done`` and ``mark_failed`` of one batch's results, in one transaction."""
+    if not done and not failed:
         return
+    with begin_write(engine) as conn:
+        if done:
+            _mark_done(conn, done, run_id)
+        if failed:
+            _mark_failed(conn, failed, max_attempts)
+
+
+def _mark_done(conn: Connection, results: Sequence[tuple[int, str | None]],
+               run_id: str | None) -> None:
+    # update_rows: one UPDATE ... FROM on PostgreSQL, the driver's executemany on SQLite;
+    # a repeated id: its last result counts
+    now = _now()
+    columns = ["status", "remote_id", "done_at", "last_error"]
+    tail: tuple[Any, ...] = ()
+    if run_id is not None:
+        columns.append("run_id")
+        tail = (run_id,)
+    update_rows(conn, outbox, "id", columns,
+                [(i, "done", None if r is None else str(r), now, None, *tail)
+                 for i, r in dict(results).items()])
+
+
+def _mark_failed(conn: Connection, results: Sequence[tuple[int, str]],
+                 max_attempts: int) -> None:
     stmt = (
         update(outbox)
         .where(outbox.c.id == bindparam("b_id"), outbox.c.status != "done")
@@ -413,8 +516,7 @@ def mark_failed(
             claimed_at=None,  # free for the next drain at once
         )
     )
-    with begin_write(engine) as conn:
-        conn.execute(stmt, [{"b_id": i, "b_error": e[:2000]} for i, e in results])
+    conn.execute(stmt, [{"b_id": i, "b_error": e[:2000]} for i, e in results])
 
 
 def pending_counts(engine: Engine) -> dict[str, dict[str, dict[str, int]]]:
