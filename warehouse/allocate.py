@@ -5,15 +5,19 @@ then id), and each line takes the stock the earlier lines left, so this is the o
 genuinely needs sequence. The database sorts the open orders by that priority once, into a
 temporary queue (``engine.id_queue``); they are then decided ``CHUNK_ORDERS`` at a time, so
 memory follows the chunk size, not the number of open orders. Per chunk a fixed number of
-statements: one query for the work (orders, lines, their allocation rows), one for the stock of
-the skus no earlier chunk met (kept in memory, net of what earlier chunks reserved),
-the pure rules (``allocation_rules.plan_orders``) over plain values, then bulk writes (COPY on
-PostgreSQL, the driver's executemany on SQLite; each row's ``rule_inputs`` encoded once) and
-set-based transitions. The stock rows' ``reserved`` is written once, after the last chunk (one
-update per stock row in play, not one per chunk that took from it). Owners
-(``owners.assign_owners``, round-robin in order id order) follow in a second pass over the
-placed orders, in id order. All of it is ONE transaction. The cyclic GC's automatic full
-collections are paused meanwhile (``paused_gc``): they cost a third of the stage.
+statements: the work (the orders, taking their locks; their lines; the allocation rows of
+those lines that can hold some), the stock of the skus no earlier chunk met (kept in memory,
+net of what earlier chunks reserved), the pure rules (``allocation_rules.plan_orders``) over
+plain values, then the allocation rows in bulk (COPY on PostgreSQL, the driver's executemany
+on SQLite; each row's ``rule_inputs`` encoded once) and a mark per placed order in the queue.
+The stock rows' ``reserved`` is written once, after the last chunk (one update per stock row
+in play, not one per chunk that took from it). A second pass over the marked orders, in order
+id order, moves their states (set-based ``transition``, with the order_events) and gives them
+owners (``owners.assign_owners``, round-robin in order id order): in id order, each of its
+chunks updates neighbouring order rows, not rows spread over the whole table. All of it is ONE
+transaction. The cyclic GC's automatic full collections are paused meanwhile (``paused_gc``):
+they cost a third of the stage. On SQLite the page cache is raised for the stage
+(``SQLITE_CACHE_KIB``).
 
 - An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
   is written (it stays where it was, counted as ``unallocated``).
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, Engine, Select, case, delete, func, select
 
 from connectors.base import paused_gc
 from warehouse.allocation_rules import (
@@ -57,7 +61,15 @@ from warehouse.allocation_rules import (
     plan_orders,
     steps_label,
 )
-from warehouse.engine import begin_write, id_queue, in_values, insert_rows, json_text
+from warehouse.engine import (
+    IdQueue,
+    begin_write,
+    id_queue,
+    in_values,
+    insert_rows,
+    json_text,
+    update_rows,
+)
 from warehouse.orders import transition
 from warehouse.owners import (
     OwnerNeed,
@@ -79,6 +91,14 @@ PLACED = ("allocated", "backordered")
 CHUNK_ORDERS = 5000
 # allocations columns of an insert row (``_Writes.inserts``), in this order
 INSERT_COLUMNS = ("order_line_id", "warehouse", "qty", "status", "rule_id", "rule_inputs", "run_id")
+# ... and of an update row (``_Writes.updates``: the status read, id, then these)
+UPDATE_COLUMNS = ("warehouse", "qty", "status", "rule_id", "rule_inputs", "run_id")
+# marks of a placed order in the queue (bits): what the second pass does for it
+OWNER, TO_ALLOCATED, TO_BACKORDERED = 1, 2, 4
+# SQLite page cache during the stage, KiB (the default is 2 MiB): each chunk adds rows to index
+# pages all over the allocations indexes; with the default, every chunk reads them again (7 %
+# more CPU at TPC-H SF 0.1; 32 MiB: +35 MB peak memory)
+SQLITE_CACHE_KIB = 32768
 
 
 @dataclass
@@ -104,10 +124,9 @@ class _Held:
 @dataclass
 class _Writes:
     inserts: list[tuple[Any, ...]] = field(default_factory=list)  # INSERT_COLUMNS values
-    updates: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[tuple[Any, ...]] = field(default_factory=list)  # status read, id, UPDATE_COLUMNS
     deletes: list[int] = field(default_factory=list)
     merges: list[tuple[_Row, Decision, Decimal]] = field(default_factory=list)  # (row, step, added)
-    reserve: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (sku, wh) -> qty
     to_allocated: list[int] = field(default_factory=list)
     to_backordered: list[int] = field(default_factory=list)
     lines_by_rule: Counter[str] = field(default_factory=Counter)
@@ -144,7 +163,7 @@ def allocate(
     """
     cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
     writes = _Writes()
-    with paused_gc(), begin_write(engine) as conn:
+    with paused_gc(), begin_write(engine) as conn, _page_cache(conn):
         queue_ids = (select(orders.c.id)
                      .outerjoin(customers, customers.c.id == orders.c.customer_id)
                      .where(orders.c.status.in_(TAKES)))
@@ -154,6 +173,8 @@ def allocate(
             # available stock of the skus met so far, kept net of what earlier chunks took:
             # each stock row is read once, whatever the number of chunks
             stock_left: dict[str, dict[str, Decimal]] = {}
+            stock_read: dict[str, dict[str, Decimal]] = {}  # as read: what the run took is the
+            # difference (what its rows hold: the planner takes exactly the placed quantities)
             regions: dict[str, str | None] = {}
             views = Warehouses()  # per sku, worked out once for all chunks
             for ids in queue.chunks(chunk_size):
@@ -164,34 +185,48 @@ def allocate(
                 new = sorted(skus - stock_left.keys())
                 if new:
                     more, more_regions = _fetch_stock(conn, TAKES, lock=False, skus=new)
-                    stock_left.update({sku: more.get(sku, {}) for sku in new})
+                    for sku in new:
+                        stock_read[sku] = by_wh = more.get(sku, {})
+                        stock_left[sku] = dict(by_wh)
                     regions.update(more_regions)
-                plans = plan_orders(work, {sku: stock_left[sku] for sku in skus}, regions, cfg,
-                                    views)
+                # the placed orders take what they reserved from stock_left itself (in the
+                # stock table below)
+                plans = plan_orders(work, stock_left, regions, cfg, views, consume=True)
                 chunk = _Writes()
                 for plan in plans:
                     _plan_writes(chunk, plan, held, run_id)
                 _resolve_merges(conn, chunk, run_id)
-                _write(conn, chunk, run_id)
-                total = writes.reserve
-                for key, qty in chunk.reserve.items():
-                    stock_left[key[0]][key[1]] -= qty  # reserved in the stock table below
-                    total[key] = total[key] + qty if key in total else qty
+                _write(conn, chunk)
                 writes.add_counts(chunk)
-                if cfg.owners is not None:
-                    queue.flag([n.order_id for n in _owner_needs(plans)])
+                _mark(queue, chunk, plans if cfg.owners is not None else ())
                 del work, held, plans, chunk
                 gc.collect(1)  # this chunk's cyclic garbage, if any: the young generations only
             # once for the whole run, not per chunk: a stock row in play is updated once, however
             # many chunks took from it. Safe: a later chunk reads from the table only the stock
             # of skus no earlier chunk met (what it reserved is in stock_left already)
-            _reserve(conn, writes.reserve, run_id)
-            if cfg.owners is not None:
-                # owners go round-robin in order id order (not priority order): a second pass
-                for ids in queue.chunks(chunk_size, flagged=True, by_id=True):
-                    writes.owners_assigned += _assign_owners(conn, _fetch_needs(conn, ids),
-                                                             cfg.owners, run_id)
+            _reserve(conn, stock_read, stock_left, run_id)
+            # a second pass over the placed orders, in order id order: their state moves (with
+            # the order_events) and owners (round-robin goes in order id order, not priority
+            # order). In id order, each chunk updates neighbouring order rows, not rows spread
+            # over the whole table
+            for marked in queue.flagged(chunk_size):
+                writes.owners_assigned += _settle(conn, marked, cfg.owners, run_id)
     return _counts(writes)
+
+
+@contextmanager
+def _page_cache(conn: Connection) -> Iterator[None]:
+    """SQLite: a page cache of ``SQLITE_CACHE_KIB`` for the stage (a connection setting, given
+    back afterwards); nothing elsewhere."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
 
 
 def priority_order(priority: Sequence[PriorityKey]) -> list[Any]:
@@ -227,11 +262,19 @@ def _fetch_work(
     conn: Connection, statuses: Sequence[str], lock: bool, ids: Sequence[int] | None = None
 ) -> tuple[list[OrderIn], dict[int, _Held]]:
     """The orders in ``statuses`` (of ``ids``, when given) with their lines and allocation rows
-    (order id order: the rules sort by priority themselves). Two queries: the orders (taking
-    the locks), then their lines, so the order columns are not repeated on every line row."""
+    (order id order: the rules sort by priority themselves). Three queries: the orders (taking
+    the locks), their lines (so the order columns are not repeated on every line row), and the
+    allocation rows of the lines of orders that can hold some.
+
+    Only orders past ``validated`` can hold allocation rows: rows are written together with
+    the move to allocated or backordered, and no state leads back to validated. So a validated
+    order's lines are not looked up in allocations (most lines of a run): as the table grows
+    within the run's transaction, PostgreSQL would answer that join with a scan of the whole
+    table for every chunk."""
+    dialect = conn.dialect.name
     chosen = [orders.c.status.in_(statuses)]
     if ids is not None:
-        chosen.append(in_values(orders.c.id, ids, conn.dialect.name))
+        chosen.append(in_values(orders.c.id, ids, dialect))
     q = (
         select(orders.c.id, orders.c.status, orders.c.order_no, orders.c.source,
                orders.c.ordered_at, orders.c.ship_region, orders.c.owner, orders.c.team,
@@ -243,40 +286,54 @@ def _fetch_work(
     if lock:
         q = q.with_for_update(of=orders, skip_locked=True)
     heads = {row[0]: row for row in conn.execute(q)}
-    lines_q = (
-        select(order_lines.c.order_id, order_lines.c.id, order_lines.c.line_no, order_lines.c.sku,
-               order_lines.c.qty, allocations.c.id, allocations.c.warehouse, allocations.c.qty,
-               allocations.c.status, allocations.c.rule_id, allocations.c.run_id)
-        .join(orders, orders.c.id == order_lines.c.order_id)
-        .outerjoin(allocations, allocations.c.order_line_id == order_lines.c.id)
-        .where(*chosen)
-        .order_by(order_lines.c.order_id, order_lines.c.line_no, allocations.c.id)
-    )
+    if not heads:
+        return [], {}
+    lines_q = (select(order_lines.c.order_id, order_lines.c.id, order_lines.c.line_no,
+                      order_lines.c.sku, order_lines.c.qty)
+               .order_by(order_lines.c.order_id, order_lines.c.line_no))
+    if ids is not None:
+        # found by their order ids (the index on order_lines.order_id), not through a join
+        # that PostgreSQL answers by scanning every line
+        lines_q = lines_q.where(in_values(order_lines.c.order_id, list(heads), dialect))
+    else:
+        lines_q = lines_q.join(orders, orders.c.id == order_lines.c.order_id).where(*chosen)
     lines: dict[int, list[LineIn]] = {oid: [] for oid in heads}
+    past_validated = {oid for oid, head in heads.items() if head[1] != "validated"}
+    may_hold: dict[int, LineIn] = {}  # their lines, by line id
+    for oid, lid, line_no, sku, qty in conn.execute(lines_q):
+        of_order = lines.get(oid)
+        if of_order is None:
+            continue  # another allocator holds it (SKIP LOCKED), or it moved on meanwhile
+        ln = LineIn(lid, line_no, sku, qty, qty)  # waiting: all of it, unless rows say less
+        of_order.append(ln)
+        if past_validated and oid in past_validated:
+            may_hold[lid] = ln
     # only lines that have allocation rows get a _Held (most lines have none yet)
     held: dict[int, _Held] = {}
-    last = None  # a line's rows come together (ordered by order, line, allocation)
-    h: _Held | None = None
-    ln: LineIn | None = None
-    for oid, lid, line_no, sku, qty, aid, wh, aqty, astatus, rule_id, arun in conn.execute(lines_q):
-        if lid != last:
-            last, h = lid, None
-            of_order = lines.get(oid)
-            if of_order is None:
-                ln = None  # another allocator holds it (SKIP LOCKED), or it moved on meanwhile
+    if may_hold:
+        rows_q = (select(allocations.c.order_line_id, allocations.c.id, allocations.c.warehouse,
+                         allocations.c.qty, allocations.c.status, allocations.c.rule_id,
+                         allocations.c.run_id)
+                  .order_by(allocations.c.order_line_id, allocations.c.id))
+        if ids is not None:
+            rows_q = rows_q.where(in_values(allocations.c.order_line_id, list(may_hold), dialect))
+        else:
+            rows_q = (rows_q.join(order_lines, order_lines.c.id == allocations.c.order_line_id)
+                      .join(orders, orders.c.id == order_lines.c.order_id)
+                      .where(*chosen, orders.c.status != "validated"))
+        for lid, aid, wh, aqty, astatus, rule_id, arun in conn.execute(rows_q):
+            ln = may_hold.get(lid)
+            if ln is None:
                 continue
-            ln = LineIn(lid, line_no, sku, qty, qty)  # waiting: all of it, unless rows say less
-            of_order.append(ln)
-        if aid is None or ln is None:
-            continue
-        if h is None:
-            h = held[lid] = _Held(sku)
-        row = _Row(aid, wh, aqty, rule_id, arun)  # rule_inputs: read only when merging
-        if astatus == "allocated" and wh is not None:
-            h.allocated[wh] = row
-        elif astatus == "backordered":
-            h.backordered = row
-        ln.waiting = _waiting(h, qty)
+            h = held.get(lid)
+            if h is None:
+                h = held[lid] = _Held(ln.sku)
+            row = _Row(aid, wh, aqty, rule_id, arun)  # rule_inputs: read only when merging
+            if astatus == "allocated" and wh is not None:
+                h.allocated[wh] = row
+            elif astatus == "backordered":
+                h.backordered = row
+            ln.waiting = _waiting(h, ln.qty)
     work = []
     for oid, (_, status, order_no, source, ordered_at, ship, owner, team, cust_region,
               group) in heads.items():
@@ -358,23 +415,20 @@ def _plan_writes(w: _Writes, plan: OrderPlan, held: dict[int, _Held], run_id: st
     if plan.outcome == "unallocated":
         w.unallocated += 1
         return
-    lines_by_rule, reserve = w.lines_by_rule, w.reserve
+    # (what the rows hold is taken from the stock rows at the end: allocate's _reserve)
+    lines_by_rule, inserts = w.lines_by_rule, w.inserts
     for ln, steps in plan.decisions:
-        h = held.get(ln.line_id)
+        h = held.get(ln.line_id) if held else None
         if h is None and len(steps) == 1:
             # nearly every line of a new order: no rows yet, one decision; rows to insert
             d = steps[0]
-            lines_by_rule[d.rule_id] += 1
+            rule_id = d.rule_id
+            lines_by_rule[rule_id] += 1
             text = json_text(d.inputs)
             for p in d.allocated:
-                assert p.warehouse is not None and ln.sku is not None
-                key = (ln.sku, p.warehouse)
-                reserve[key] = reserve[key] + p.qty if key in reserve else p.qty
-                w.inserts.append((ln.line_id, p.warehouse, p.qty, "allocated", d.rule_id, text,
-                                  run_id))
+                inserts.append((ln.line_id, p.warehouse, p.qty, "allocated", rule_id, text, run_id))
             if d.backordered:
-                w.inserts.append((ln.line_id, None, d.waiting, "backordered", d.rule_id, text,
-                                  run_id))
+                inserts.append((ln.line_id, None, d.waiting, "backordered", rule_id, text, run_id))
             continue
         if h is None:
             h = _Held(ln.sku)
@@ -387,9 +441,7 @@ def _plan_writes(w: _Writes, plan: OrderPlan, held: dict[int, _Held], run_id: st
         for d in steps:
             w.lines_by_rule[d.rule_id] += 1
             for p in d.allocated:
-                assert p.warehouse is not None and ln.sku is not None
-                key = (ln.sku, p.warehouse)
-                reserve[key] = reserve[key] + p.qty if key in reserve else p.qty
+                assert p.warehouse is not None
                 old = h.allocated.get(p.warehouse)
                 if old is not None:
                     # one row per (line, warehouse, status): add to it, keeping the earlier why
@@ -431,12 +483,6 @@ def _resolve_merges(conn: Connection, w: _Writes, run_id: str) -> None:
                                  inputs=inputs))
 
 
-def _values(status: str, warehouse: str | None, qty: Decimal, d: Decision, run_id: str,
-            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"warehouse": warehouse, "qty": qty, "status": status, "rule_id": d.rule_id,
-            "rule_inputs": d.inputs if inputs is None else inputs, "run_id": run_id}
-
-
 def _insert(ln: LineIn, status: str, warehouse: str | None, qty: Decimal, d: Decision,
             run_id: str) -> tuple[Any, ...]:
     """An allocations row in INSERT_COLUMNS order, its inputs as JSON text (encoded once)."""
@@ -444,55 +490,73 @@ def _insert(ln: LineIn, status: str, warehouse: str | None, qty: Decimal, d: Dec
 
 
 def _update(row: _Row, status: str, warehouse: str | None, qty: Decimal, d: Decision, run_id: str,
-            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+            inputs: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """An update of an allocations row: the status it was read with, its id, then the
+    UPDATE_COLUMNS values."""
     was = "allocated" if row.warehouse is not None else "backordered"
-    return {"b_id": row.id, "b_was": was, **_values(status, warehouse, qty, d, run_id, inputs)}
+    return (was, row.id, warehouse, qty, status, d.rule_id,
+            json_text(d.inputs if inputs is None else inputs), run_id)
 
 
-def _write(conn: Connection, w: _Writes, run_id: str) -> None:
+def _write(conn: Connection, w: _Writes) -> None:
+    """A chunk's allocations rows (its orders' state moves come in the second pass)."""
     if w.deletes:
         conn.execute(delete(allocations).where(
             in_values(allocations.c.id, w.deletes, conn.dialect.name),
             allocations.c.status == "backordered"))
-    if w.updates:
+    for was in ("allocated", "backordered"):
         # guarded by the status we read: a row changed under us is not overwritten blindly
-        conn.execute(
-            update(allocations)
-            .where(allocations.c.id == bindparam("b_id"), allocations.c.status == bindparam("b_was"))
-            .values({c: bindparam(c) for c in ("warehouse", "qty", "status", "rule_id",
-                                                "rule_inputs", "run_id")}),
-            w.updates,
-        )
+        rows = [u[1:] for u in w.updates if u[0] == was]
+        update_rows(conn, allocations, "id", UPDATE_COLUMNS, rows, only_where={"status": was})
     if w.inserts:
         # COPY on PostgreSQL (~10x an executemany), the driver's executemany on SQLite
         insert_rows(conn, allocations, INSERT_COLUMNS, w.inserts)
-    for ids, state, reason in (
-        (w.to_allocated, "allocated", "every line allocated"),
-        (w.to_backordered, "backordered", "a line waits for stock"),
+
+
+def _mark(queue: IdQueue, w: _Writes, plans: Sequence[OrderPlan]) -> None:
+    """Mark the chunk's placed orders in the queue with what the second pass does for them:
+    move to allocated or backordered, and give an owner to those of ``plans`` that need one."""
+    marks = dict.fromkeys(w.to_allocated, TO_ALLOCATED)
+    marks.update(dict.fromkeys(w.to_backordered, TO_BACKORDERED))
+    for plan in plans:
+        if plan.outcome in PLACED and plan.order.owner is None:  # as _owner_needs
+            oid = plan.order.order_id
+            marks[oid] = marks.get(oid, 0) | OWNER
+    by_mark: dict[int, list[int]] = {}
+    for oid, mark in marks.items():
+        by_mark.setdefault(mark, []).append(oid)
+    for mark, ids in sorted(by_mark.items()):
+        queue.flag(ids, mark)
+
+
+def _settle(conn: Connection, marked: Sequence[tuple[int, int]], owners: OwnersConfig | None,
+            run_id: str) -> int:
+    """The second pass over a chunk of marked orders (in id order): their state moves, each
+    with its order_events row, then their owners. Returns the owners assigned."""
+    for bit, state, reason in (
+        (TO_ALLOCATED, "allocated", "every line allocated"),
+        (TO_BACKORDERED, "backordered", "a line waits for stock"),
     ):
+        ids = [oid for oid, mark in marked if mark & bit]
         if ids:
             transition(conn, ids, state, run_id, reason)  # one statement set, any number of ids
+    if owners is None:
+        return 0
+    ids = [oid for oid, mark in marked if mark & OWNER]
+    return _assign_owners(conn, _fetch_needs(conn, ids), owners, run_id) if ids else 0
 
 
-def _reserve(conn: Connection, reserve: Mapping[tuple[str, str], Decimal], run_id: str) -> None:
-    """Add what this run placed to the stock rows' ``reserved`` (in (sku, warehouse) order)."""
-    if not reserve:
-        return
-    if conn.dialect.name == "sqlite":
-        # the driver's executemany (one row per stock row in play): SQLAlchemy's per-row
-        # parameter building would be most of it. Numeric is a REAL on SQLite: float, as
-        # SQLAlchemy itself binds it
-        conn.exec_driver_sql(
-            "UPDATE stock SET reserved = reserved + ?, run_id = ? WHERE sku = ? AND warehouse = ?",
-            [(float(q), run_id, s, wh) for (s, wh), q in sorted(reserve.items())])
-    else:
-        conn.execute(
-            update(stock)
-            .where(and_(stock.c.sku == bindparam("b_sku"), stock.c.warehouse == bindparam("b_wh")))
-            .values(reserved=stock.c.reserved + bindparam("b_qty", type_=stock.c.reserved.type),
-                    run_id=run_id),
-            [{"b_sku": s, "b_wh": wh, "b_qty": q} for (s, wh), q in sorted(reserve.items())],
-        )
+def _reserve(conn: Connection, read: Mapping[str, Mapping[str, Decimal]],
+             left: Mapping[str, Mapping[str, Decimal]], run_id: str) -> None:
+    """Add what this run placed to the stock rows' ``reserved`` (in (sku, warehouse) order):
+    per stock row, what was available when read less what is left (exactly the sum of the
+    quantities placed there: Decimal subtraction is exact)."""
+    reserve = {(sku, wh): q - left[sku][wh]
+               for sku, by_wh in read.items() for wh, q in by_wh.items() if left[sku][wh] != q}
+    # added in the database (reserved + qty): on SQLite in its REAL arithmetic, as always.
+    # PostgreSQL: one COPY and one UPDATE ... FROM; SQLite: the driver's executemany
+    update_rows(conn, stock, ("sku", "warehouse"), ("reserved", "run_id"),
+                [(s, wh, q, run_id) for (s, wh), q in sorted(reserve.items())], add=("reserved",))
 
 
 def _owner_needs(plans: Sequence[OrderPlan]) -> list[OwnerNeed]:

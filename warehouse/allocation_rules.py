@@ -295,6 +295,24 @@ class Decision:
         return f"{self.rule_id}: {' + '.join(parts)}"
 
 
+_new = object.__new__
+
+
+def _one(rule_id: str, pick: Pick, inputs: dict[str, Any]) -> Decision:
+    """``Decision(rule_id, (pick,), inputs)`` for the commonest steps (one warehouse places the
+    whole line, or all of it waits), its derived fields set directly: the generic ``__init__``
+    and ``__post_init__`` cost as much as the rest of a line's decision."""
+    d = _new(Decision)
+    d.rule_id = rule_id
+    d.picks = picks = (pick,)
+    d.inputs = inputs
+    if pick.warehouse is None:
+        d.allocated, d.waiting, d.backordered = (), pick.qty, pick.qty > 0
+    else:
+        d.allocated, d.waiting, d.backordered = picks, _ZERO, False
+    return d
+
+
 def qty_text(q: Decimal) -> str:
     """Quantities without padding zeros ("2", "2.5"), never in exponent form."""
     return format(q.normalize(), "f")
@@ -361,7 +379,7 @@ def _choose(
             inputs: dict[str, Any] = {"qty": sq, "available": {w: stock[w].__str__() for w in codes}}
             if skipped:
                 inputs["skipped"] = skipped
-            return Decision(rule.id, (Pick(None, qty),), inputs)
+            return _one(rule.id, Pick(None, qty), inputs)
         if rule.warehouse_in == "customer_region":
             inputs = {"qty": sq, "region": region, "region_from": region_from}
             scope = home_codes
@@ -383,7 +401,7 @@ def _choose(
                 if best_q >= qty:
                     if skipped:
                         inputs["skipped"] = skipped
-                    return Decision(rule.id, (Pick(best_w, qty),), inputs)
+                    return _one(rule.id, Pick(best_w, qty), inputs)
                 why = (f"no single warehouse holds {qty_text(qty)} "
                        f"(most: {qty_text(best_q)} at {best_w})")
             elif rule.warehouse_in and region is None:
@@ -525,6 +543,22 @@ def _decide(
     allocated = d.allocated
     if not allocated or (len(allocated) == 1 and allocated[0].qty >= need):
         return (d,)  # nearly every line: one step
+    return _more_steps(d, need, region, region_from, stock, codes, home_codes, warehouse_regions,
+                       rules)
+
+
+def _more_steps(
+    d: Decision | None,
+    need: Decimal,
+    region: str | None,
+    region_from: str | None,
+    stock: Mapping[str, Decimal],
+    codes: Sequence[str],
+    home_codes: Sequence[str],
+    warehouse_regions: Mapping[str, str | None],
+    rules: Sequence[Rule],
+) -> Steps:
+    """The steps from a first one (``d``) that placed only part of ``need``."""
     left = stock  # copied only when a partial step goes on
     steps: list[Decision] = []
     while True:
@@ -629,16 +663,22 @@ def plan_orders(
     warehouse_regions: Mapping[str, str | None],
     config: AllocationConfig,
     warehouses: Warehouses | None = None,
+    consume: bool = False,
 ) -> list[OrderPlan]:
     """Decide every order, in priority order, each taking the stock earlier orders left.
 
     ``stock`` is sku -> warehouse -> available. An order is all-or-nothing: when no rule can
     place one of its lines it is ``unallocated`` and takes nothing. Lines whose ``waiting`` is
     None are already allocated and left alone. ``warehouses``: the views of earlier calls over
-    the same stock rows (see ``Warehouses``).
+    the same stock rows (see ``Warehouses``). ``consume``: take what the placed orders reserve
+    from ``stock`` itself (its inner dicts are changed), instead of from a copy.
     """
-    available = {sku: dict(by_wh) for sku, by_wh in stock.items()}
+    available: Mapping[str, dict[str, Decimal]] = (
+        stock if consume else {sku: dict(by_wh) for sku, by_wh in stock.items()})  # type: ignore[assignment]
     rules = config.rules
+    # with a catch-all rule every line is placed or waits: no order is left unallocated, so
+    # nothing an order took need be given back
+    can_fail = not any(rule.kind == "backorder" for rule in rules)
     no_stock: dict[str, Decimal] = {}
     views = (warehouses if warehouses is not None else Warehouses()).by_sku
     plans: list[OrderPlan] = []
@@ -654,18 +694,19 @@ def plan_orders(
             continue
         prio = priority_inputs(order, config.priority) if config.priority else None
         region, region_from = _order_region(order)
-        taken: dict[str, dict[str, Decimal]] = {}  # sku -> warehouse -> what this order took
+        # each placed quantity is taken from ``available`` at once (a later line of the same
+        # sku sees what is left); ``undo`` keeps the values replaced, for an order that turns
+        # out unallocated (all-or-nothing)
+        undo: list[tuple[dict[str, Decimal], str, Decimal]] | None = [] if can_fail else None
         decided: list[tuple[LineIn, Steps]] = []
+        waits = False
         for ln in lines:
             waiting = ln.waiting
             if waiting is None or waiting <= 0:
                 continue
             sku = ln.sku
             assert sku is not None  # checked above; for the type checker
-            left = available.get(sku, no_stock)  # read-only below; net of this order's lines:
-            mine = taken.get(sku) if taken else None
-            if mine:
-                left = {w: q - mine[w] if w in mine else q for w, q in left.items()}
+            left = available.get(sku, no_stock)
             view = views.get(sku)
             if view is None:
                 view = views[sku] = (sorted(left), {})
@@ -673,28 +714,33 @@ def plan_orders(
             home = homes.get(region)
             if home is None:
                 home = homes[region] = _in_region(codes, warehouse_regions, region)
-            steps = _decide(waiting, region, region_from, left, codes, home, warehouse_regions,
-                            rules)
-            if steps is None:
+            d = _choose(waiting, region, region_from, left, codes, home, warehouse_regions, rules)
+            if d is None:
                 break
+            allocated = d.allocated
+            if not allocated or (len(allocated) == 1 and allocated[0].qty >= waiting):
+                steps: Steps = (d,)  # nearly every line: one step (as _decide)
+            else:
+                steps = _more_steps(d, waiting, region, region_from, left, codes, home,
+                                    warehouse_regions, rules)
             for d in steps:
                 if prio:
                     d.inputs["priority"] = prio  # a fresh dict per decision: safe to extend
+                if d.backordered:
+                    waits = True
                 for p in d.allocated:
-                    if mine is None:
-                        mine = taken[sku] = {}
                     w = p.warehouse
                     assert w is not None
-                    mine[w] = mine[w] + p.qty if w in mine else p.qty
+                    if undo is not None:
+                        undo.append((left, w, left[w]))
+                    left[w] -= p.qty
             decided.append((ln, steps))
         else:
-            for sku, by_wh in taken.items():
-                have = available[sku]
-                for w, q in by_wh.items():
-                    have[w] -= q
-            waits = any(d.backordered for _, steps in decided for d in steps)
             plans.append(OrderPlan(order, "backordered" if waits else "allocated", tuple(decided)))
             continue
+        if undo:
+            for by_wh, w, q in reversed(undo):
+                by_wh[w] = q  # the very values it had (not re-added: the same Decimal)
         plans.append(OrderPlan(order, "unallocated"))
     return plans
 

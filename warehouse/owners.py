@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, select, update
 
@@ -88,14 +88,15 @@ def parse_owners(raw: Any, where: str = "allocation.owners") -> OwnersConfig | N
     return OwnersConfig(territories, teams, default)
 
 
-@dataclass(frozen=True)
-class OwnerNeed:
+# one of each per placed order: a NamedTuple and a slotted dataclass, not frozen dataclasses
+# (whose __init__ pays object.__setattr__ per field)
+class OwnerNeed(NamedTuple):
     order_id: int
     ship_region: str | None
     customer_region: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OwnerDecision:
     order_id: int
     team: str
@@ -123,8 +124,18 @@ def _team(need: OwnerNeed, config: OwnersConfig) -> tuple[str, str, dict[str, An
 
 
 def teams_needed(needs: Iterable[OwnerNeed], config: OwnersConfig) -> set[str]:
-    """The teams these orders will be assigned in (whose counters to lock)."""
-    return {t[0] for need in needs if (t := _team(need, config)) is not None}
+    """The teams these orders will be assigned in (whose counters to lock): ``_team``'s team,
+    without building its inputs."""
+    territories, default = config.territories, config.default_team
+    teams = set()
+    for need in needs:
+        region = need.ship_region or need.customer_region
+        team = territories.get(region) if region else None
+        if team is None:
+            team = default
+        if team is not None:
+            teams.add(team)
+    return teams
 
 
 def assign_owners(
