@@ -8,26 +8,27 @@ How one gate call runs (``run_gate``):
    the warehouse URL, one query asset over the batch and one ``UnexpectedRowsExpectation`` (a
    count-only subclass) per check, all evaluated by a single ``ValidationDefinition.run()``: GE
    gives each check's verdict, its failing-order count and any ``exception_info``.
-3. If any expectation *errored*, nothing is quarantined or validated: the error is recorded in
-   ``check_results`` and ``GateError`` is raised (an errored check reads as ``success=False``
-   too, so a failure is never taken for a verdict without looking).
-4. Otherwise one transaction:
-   a. each check's own SQL feeds ``INSERT ... SELECT`` into a temporary table of failures
-      (set-based, no keys travel through Python - ``get_unexpected_rows`` is avoided, its batch
-      path hard-codes progress bars);
-   b. the batch threshold (``gate:`` in orderhub.yaml, ``checks.suite.GatePolicy``), per source:
+3. Meanwhile (GE runs in a thread of its own: both sides are mostly database time) one
+   transaction: each check's own SQL feeds ``INSERT ... SELECT`` into a temporary table of
+   failures (set-based, no keys travel through Python - ``get_unexpected_rows`` is avoided, its
+   batch path hard-codes progress bars). Nothing more is done before GE's verdict is in.
+4. If any expectation *errored*, that transaction is rolled back and nothing is quarantined or
+   validated: the error is recorded in ``check_results`` and ``GateError`` is raised (an
+   errored check reads as ``success=False`` too, so a failure is never taken for a verdict
+   without looking). Otherwise, in the same transaction:
+   a. the batch threshold (``gate:`` in orderhub.yaml, ``checks.suite.GatePolicy``), per source:
       when more than N % of a source's orders (at least ``min_batch`` of them) fail an error
       check, that source's whole share moves captured -> held, with the numbers as the reason,
       and nothing of it is quarantined or validated - a broken source does not flood quarantine,
       and does not hold the other sources back. Orders a human released from a hold
       (``release_held``) are judged one by one: they neither count towards nor fall under it;
-   c. error failures of the orders still captured go to ``quarantine`` (status open), warn
+   b. error failures of the orders still captured go to ``quarantine`` (status open), warn
       failures to ``check_warnings``; failing orders move captured -> quarantined, the rest of
       the batch captured -> validated (warned orders pass), and ``check_results`` is written.
 
-SQLite: GE's engine and ours are separate connections to one file. GE works first, with no
-transaction of ours open, and GE's connections are closed before ours writes, so neither waits
-on the other's lock.
+SQLite: GE's engine and ours are separate connections to one file (WAL). GE only reads, and
+while it does our transaction only writes its temporary table; GE's connections are closed
+before ours writes the warehouse, so neither waits on the other's lock.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -214,9 +216,43 @@ def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec],
         result.duration_s = time.perf_counter() - started
         return result
 
-    ge_started = time.perf_counter()
-    result.checks = _validate_with_ge(engine, run_id, specs, batch, evaluated)
-    result.ge_s = time.perf_counter() - ge_started
+    # Great Expectations judges the batch in a thread of its own (its import, its context, its
+    # count per check) while this thread fills the failures table with the same check queries:
+    # both are mostly database time (SQLite and psycopg release the GIL while a statement
+    # runs), so on two cores the gate takes about as long as the slower of the two, not their
+    # sum. Nothing is decided before GE's verdict is in: an errored check rolls all of it back.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orderhub-gate-ge") as pool:
+        verdict = pool.submit(_timed, _validate_with_ge, engine, run_id, specs, batch, evaluated)
+
+        def judged() -> bool:
+            """GE's outcome into ``result``; True when a check errored (re-raises a GateError
+            of GE itself: it could not run at all)."""
+            result.checks, result.ge_s = verdict.result()
+            return bool(result.errors)
+
+        try:
+            with begin_write(engine) as conn:
+                failures = _Failures(conn)
+                try:
+                    written = {spec.id: failures.add(spec, batch) for spec in specs}
+                except Exception:
+                    if judged():  # GE saw the check error too: the errored-check path below
+                        raise _ChecksErrored from None
+                    raise
+                if judged():
+                    raise _ChecksErrored  # roll back the failures table: nothing is decided
+                now = datetime.now(UTC)
+                ge_failed = {c.check_id: c.failed for c in result.checks}
+                for spec in specs:
+                    if written[spec.id] != ge_failed[spec.id]:
+                        # GE and our query read the batch at different moments; the orders
+                        # changed in between. The decision follows our query (same transaction
+                        # as the transition).
+                        log.warning("gate run %s: %s failed %d orders in GE but %d now", run_id,
+                                    spec.id, ge_failed[spec.id], written[spec.id])
+                _decide(conn, result, failures, policy, max_id, now, run_id)
+        except _ChecksErrored:
+            pass
 
     if result.errors:
         # An errored expectation says nothing about the orders: hold the whole batch (it stays
@@ -234,44 +270,47 @@ def run_gate(engine: Engine, run_id: str, specs: Sequence[CheckSpec],
             "no order was quarantined or validated",
             result,
         )
-
-    now = datetime.now(UTC)
-    ge_failed = {c.check_id: c.failed for c in result.checks}
-    with begin_write(engine) as conn:
-        failures = _Failures(conn)
-        for spec in specs:
-            written = failures.add(spec, batch)
-            if written != ge_failed[spec.id]:
-                # GE and our query read the batch at different moments; the orders changed in
-                # between. The decision follows our query (same transaction as the transition).
-                log.warning("gate run %s: %s failed %d orders in GE but %d now", run_id,
-                            spec.id, ge_failed[spec.id], written)
-        for hold in _holds(conn, failures.table, policy, max_id):
-            hold.held = transition(conn, _holdable(max_id, hold.source), "held", run_id,
-                                   hold.reason)
-            result.holds.append(hold)
-            result.held_orders += hold.held
-            log.warning("gate run %s: %s", run_id, hold.reason)
-        # from here on "captured and in the batch" means: not held
-        _write_rows(conn, _QUARANTINE_SQL, failures.name, max_id, now, run_id)
-        _write_rows(conn, _WARNINGS_SQL, failures.name, max_id, now, run_id)
-        f = failures.table
-        failing = select(f.c.order_id).where(f.c.severity == "error")
-        result.quarantined = transition(conn, _batch_ids(max_id).where(orders.c.id.in_(failing)),
-                                        "quarantined", run_id,
-                                        "failed the quality gate (see quarantine)")
-        # What is still captured in the batch passed every error check (warn failures pass).
-        result.validated = transition(conn, _batch_ids(max_id), "validated", run_id,
-                                      "passed the quality gate")
-        result.warned = conn.execute(
-            select(func.count(func.distinct(f.c.order_id)))
-            .join(orders, orders.c.id == f.c.order_id)
-            .where(f.c.severity == "warn", orders.c.status == "validated")
-        ).scalar_one()
-        _record_results(conn, run_id, result.checks)
-        failures.drop()
     result.duration_s = time.perf_counter() - started
     return result
+
+
+class _ChecksErrored(Exception):
+    """A check errored in Great Expectations: roll the gate's transaction back."""
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
+
+
+def _decide(conn: Connection, result: GateResult, failures: _Failures,
+            policy: GatePolicy | None, max_id: int | None, now: datetime, run_id: str) -> None:
+    """Holds, quarantine, warnings and the transitions, from the failures table; then
+    check_results. In the gate's transaction."""
+    for hold in _holds(conn, failures.table, policy, max_id):
+        hold.held = transition(conn, _holdable(max_id, hold.source), "held", run_id,
+                               hold.reason)
+        result.holds.append(hold)
+        result.held_orders += hold.held
+        log.warning("gate run %s: %s", run_id, hold.reason)
+    # from here on "captured and in the batch" means: not held
+    _write_rows(conn, _QUARANTINE_SQL, failures.name, max_id, now, run_id)
+    _write_rows(conn, _WARNINGS_SQL, failures.name, max_id, now, run_id)
+    f = failures.table
+    failing = select(f.c.order_id).where(f.c.severity == "error")
+    result.quarantined = transition(conn, _batch_ids(max_id).where(orders.c.id.in_(failing)),
+                                    "quarantined", run_id,
+                                    "failed the quality gate (see quarantine)")
+    # What is still captured in the batch passed every error check (warn failures pass).
+    result.validated = transition(conn, _batch_ids(max_id), "validated", run_id,
+                                  "passed the quality gate")
+    result.warned = conn.execute(
+        select(func.count(func.distinct(f.c.order_id)))
+        .join(orders, orders.c.id == f.c.order_id)
+        .where(f.c.severity == "warn", orders.c.status == "validated")
+    ).scalar_one()
+    _record_results(conn, run_id, result.checks)
+    failures.drop()
 
 
 def release_held(engine: Engine, run_id: str, actor: str, reason: str, *,

@@ -461,7 +461,7 @@ def _price_matches_list(spec: CheckSpec, dialect: str) -> str:
     tol_units = (f"CASE o.currency {whens} ELSE {int(spec.tolerance.scaleb(PRICE_SCALE))} END"
                  if whens else str(int(spec.tolerance.scaleb(PRICE_SCALE))))
     tol_whens = " ".join(f"WHEN '{c}' THEN '{t}'" for c, t in spec.tolerance_by_currency)
-    tol_text = (f"CASE o.currency {tol_whens} ELSE '{spec.tolerance}' END"
+    tol_text = (f"CASE x.currency {tol_whens} ELSE '{spec.tolerance}' END"
                 if tol_whens else f"'{spec.tolerance}'")
     # applicable = round4(base x (100 - discount) / 100), in whole 1/10000 units, computed from
     # integer units so SQLite's float arithmetic cannot move a boundary
@@ -485,35 +485,65 @@ def _price_matches_list(spec: CheckSpec, dialect: str) -> str:
         f"CASE WHEN x.rule_id IS NULL THEN 'list ' || {_price('x.list_price', dialect)} "
         f"ELSE {_price('x.applicable / 10000.0', dialect)} || ' (' || {rule_text} || ')' END"
     )
-    # One row per (line, active rule), ranked in place: a line without a rule keeps its one
-    # row (r NULL). Why not a ranked subquery joined back to the lines: SQLite nest-loops a join
-    # onto a window subquery (batch x batch); ranking where the rows are made avoids any join.
-    lines = (
-        "SELECT o.id AS order_id, l.line_no, l.sku, l.unit_price, p.price AS list_price, "
-        "r.external_id AS rule_id, r.customer_group, r.valid_from, r.valid_to, "
-        f"r.price AS rule_price, r.discount_pct, {applicable} AS applicable, "
-        f"{tol_units} AS tol_units, {tol_text} || ' ' || COALESCE(o.currency, '') AS tol_text, "
-        "ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY "
-        "CASE WHEN r.customer_group IS NULL THEN 1 ELSE 0 END, "
-        "CASE WHEN r.valid_from IS NULL THEN 1 ELSE 0 END, r.valid_from DESC, r.id DESC"
-        ") AS rn "
+    columns = (
+        "SELECT o.id AS order_id, o.currency, l.line_no, l.sku, l.unit_price, "
+        "p.price AS list_price, r.external_id AS rule_id, r.customer_group, r.valid_from, "
+        f"r.valid_to, r.price AS rule_price, r.discount_pct, {applicable} AS applicable, "
+        f"{tol_units} AS tol_units"
+    )
+    joins = (
         f"{_FROM_BATCH} "
         "JOIN order_lines l ON l.order_id = o.id "
-        "LEFT JOIN customers c ON c.id = o.customer_id "
         "LEFT JOIN prices p ON p.sku = l.sku AND p.currency = o.currency "
-        "LEFT JOIN price_rules r ON r.sku = l.sku AND r.currency = o.currency "
-        "AND (r.customer_group IS NULL OR r.customer_group = c.customer_group) "
-        "AND (r.valid_from IS NULL OR r.valid_from <= o.order_date) "
-        "AND (r.valid_to IS NULL OR o.order_date <= r.valid_to) "
-        # the price's presence is judged after ranking: the most specific rule decides
-        "WHERE l.unit_price IS NOT NULL AND l.sku IS NOT NULL"
     )
+    # the price's presence is judged after the rule is chosen: the most specific one decides
+    priced = "WHERE l.unit_price IS NOT NULL AND l.sku IS NOT NULL"
+    rank = ("CASE WHEN {r}.customer_group IS NULL THEN 1 ELSE 0 END, "
+            "CASE WHEN {r}.valid_from IS NULL THEN 1 ELSE 0 END, {r}.valid_from DESC, {r}.id DESC")
+    if dialect == "postgresql":
+        # One row per (line, active rule), ranked in place: a line without a rule keeps its one
+        # row (r NULL). PostgreSQL hashes the joins and sorts once.
+        lines = (
+            f"{columns}, ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY {rank.format(r='r')}) "
+            f"AS rn {joins}"
+            "LEFT JOIN customers c ON c.id = o.customer_id "
+            "LEFT JOIN price_rules r ON r.sku = l.sku AND r.currency = o.currency "
+            "AND (r.customer_group IS NULL OR r.customer_group = c.customer_group) "
+            "AND (r.valid_from IS NULL OR r.valid_from <= o.order_date) "
+            "AND (r.valid_to IS NULL OR o.order_date <= r.valid_to) "
+            f"{priced}"
+        )
+        first = "x.rn = 1 AND "
+    else:
+        # SQLite: the line's rule is the first active one in that order, found by the (sku,
+        # currency) index for each line - and only when there is a price rule at all (an
+        # uncorrelated EXISTS, run once), so the usual batch without rules costs one price
+        # lookup per line, and the customer (its group) is read only when there are rules.
+        # Ranking (line, rule) rows with ROW_NUMBER() instead sorts every line of the batch
+        # with all these columns (most of the check's time), and a ranked subquery joined
+        # back is nest-looped (batch x batch). The same rule is chosen: same order, and the
+        # rule's id breaks every tie.
+        group = "(SELECT c.customer_group FROM customers c WHERE c.id = o.customer_id)"
+        rule = (
+            "SELECT r1.id FROM price_rules r1 WHERE r1.sku = l.sku AND r1.currency = o.currency "
+            f"AND (r1.customer_group IS NULL OR r1.customer_group = {group}) "
+            "AND (r1.valid_from IS NULL OR r1.valid_from <= o.order_date) "
+            "AND (r1.valid_to IS NULL OR o.order_date <= r1.valid_to) "
+            f"ORDER BY {rank.format(r='r1')} LIMIT 1"
+        )
+        lines = (
+            f"{columns} {joins}"
+            "LEFT JOIN price_rules r ON r.id = "
+            f"CASE WHEN EXISTS (SELECT 1 FROM price_rules r0) THEN ({rule}) END "
+            f"{priced}"
+        )
+        first = ""
     return (
         f"SELECT x.order_id, {_agg(value, dialect)} AS value, "
-        "'unit price differs from the applicable price by more than ' || MIN(x.tol_text) "
-        "AS reason "
+        "'unit price differs from the applicable price by more than ' || "
+        f"MIN({tol_text} || ' ' || COALESCE(x.currency, '')) AS reason "
         f"FROM ({lines}) x "
-        "WHERE x.rn = 1 AND x.applicable IS NOT NULL "
+        f"WHERE {first}x.applicable IS NOT NULL "
         f"AND ABS({_units('x.unit_price', PRICE_SCALE)} - x.applicable) > x.tol_units "
         "GROUP BY x.order_id"
     )

@@ -24,17 +24,29 @@ def pull_stream(settings: Settings, engine: Engine, run_id: str, source: str, st
     connector = build_connector(source, settings.connector_config(source))
     cursor = load.get_cursor(engine, source, stream)
     totals = load.LoadCounts()
-    pending: list[RawRecord] = []
-    pending_cursor: Cursor | None = None
-    for page in connector.read(stream, cursor):
-        pending.extend(page.records)
-        pending_cursor = page.cursor or pending_cursor
-        if len(pending) >= batch_size:
-            totals += _land(engine, run_id, connector, source, stream, pending, pending_cursor)
-            progress("%s/%s: %s records so far", source, stream, f"{totals.received:,}")
-            pending, pending_cursor = [], None
-    if pending or pending_cursor:
-        totals += _land(engine, run_id, connector, source, stream, pending, pending_cursor)
+    pages = iter(connector.read(stream, cursor))
+    more = True
+    while more:
+        # One batch from its first page to its landing with the garbage collector paused, its
+        # records dropped before it resumes: they make no cycles, and the collector would
+        # otherwise walk the whole batch each time it resumes in between (see paused_gc).
+        with load.paused_gc():
+            pending: list[RawRecord] = []
+            pending_cursor: Cursor | None = None
+            more = False
+            for page in pages:
+                pending.extend(page.records)
+                pending_cursor = page.cursor or pending_cursor
+                if len(pending) >= batch_size:
+                    more = True
+                    break
+            page = None  # noqa: F841 - the last page's records go with the batch
+            if pending or pending_cursor:
+                totals += _land(engine, run_id, connector, source, stream, pending,
+                                pending_cursor)
+                if more:
+                    progress("%s/%s: %s records so far", source, stream, f"{totals.received:,}")
+            pending = []
     progress("%s/%s: %s received, %s new, %s changed, %s rejected", source, stream,
              f"{totals.received:,}", f"{totals.new:,}", f"{totals.changed:,}",
              f"{totals.rejected:,}")

@@ -13,7 +13,12 @@ All four commit together or not at all: the cursor never runs ahead of the rows 
 (invariant 2) and a failure leaves the warehouse as it was (invariant 8).
 
 Set-based: the existing keys and hashes of the whole batch are read with one query per table,
-and every write is one executemany statement; nothing is looked up row by row.
+and every write is one statement (a driver executemany on SQLite, COPY on PostgreSQL); nothing
+is looked up row by row. Rows are value tuples, not dicts. Where every row to write is new to
+the warehouse (a first pull; the usual page of new orders) and the key is the stream's own, the
+write is a plain INSERT - on PostgreSQL a COPY straight into the table instead of COPY into a
+staging table and INSERT ... SELECT ... ON CONFLICT - which is safe because a landing holds its
+stream's advisory lock (``_lock_stream``); changed rows are upserted as before.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
-    exists,
     func,
     or_,
     select,
@@ -47,7 +51,14 @@ from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 
 from connectors.base import Cursor, RawRecord, paused_gc
-from warehouse.engine import begin_write, bulk_insert, copy_rows, dialect_insert, in_values, json_default
+from warehouse.engine import (
+    begin_write,
+    copy_rows,
+    dialect_insert,
+    in_values,
+    insert_rows,
+    json_default,
+)
 from warehouse.money import ROUNDING, MoneyError, decimals
 from warehouse.orders import transition
 from warehouse.schema import (
@@ -138,9 +149,15 @@ def _make_encoder() -> Callable[[Any], str]:
     return lambda value: "".join(fast(value, 0))
 
 
-def _json_default(value: Any, _decimal: type = Decimal) -> Any:
-    # Decimal first, without a call into json_default: most non-JSON values of a record are
-    return value.__str__() if value.__class__ is _decimal else json_default(value)
+def _json_default(value: Any, _decimal: type = Decimal, _datetime: type = datetime) -> Any:
+    # Decimal first, then datetime, without a call into json_default: most non-JSON values of a
+    # record are one or the other (json_default gives the same text for both: str, isoformat)
+    cls = value.__class__
+    if cls is _decimal:
+        return value.__str__()
+    if cls is _datetime:
+        return value.isoformat()
+    return json_default(value)
 
 
 _encode = _make_encoder()
@@ -169,10 +186,31 @@ def _norm(value: Decimal | None) -> str:
     return format(value, "f") if "E" in text else text
 
 
+# _norm of non-zero Decimals, by value: equal values normalise alike (a zero is left out: -0 and
+# 0 are equal but normalise to "-0" and "0"). Quantities and list prices repeat a lot.
+_NORMS: dict[Decimal, str] = {}
+_NORMS_MAX = 100_000
+
+
+def _norm_cached(value: Any, _decimal: type = Decimal, _norms: dict = _NORMS) -> str:
+    if value.__class__ is _decimal and value:
+        try:
+            return _norms[value]
+        except KeyError:
+            if len(_norms) >= _NORMS_MAX:
+                _norms.clear()
+            text = _norms[value] = _norm(value)
+            return text
+        except TypeError:  # a signalling NaN cannot be hashed: _norm raises as it always did
+            pass
+    return _norm(value)
+
+
 def lines_hash(lines: Iterable[Mapping[str, Any]]) -> str:
     """sha256 of the sorted (sku, qty, unit_price) lines: equal for the same goods in any order."""
+    norm = _norm_cached
     key = sorted([
-        (line.get("sku") or "", _norm(line.get("qty")), _norm(line.get("unit_price"))) for line in lines
+        (line.get("sku") or "", norm(line.get("qty")), norm(line.get("unit_price"))) for line in lines
     ])
     return _sha256(_encode(key))
 
@@ -185,8 +223,8 @@ _NOT_CONTENT = frozenset({"updated_at", "fulfilment_status"})
 
 def _record_hash(record: Mapping[str, Any]) -> str:
     content = dict(record)
-    for name in _NOT_CONTENT:
-        content.pop(name, None)
+    content.pop("updated_at", None)  # _NOT_CONTENT, unrolled: called once per record
+    content.pop("fulfilment_status", None)
     return _sha256(_encode(content))
 
 
@@ -200,12 +238,14 @@ COPY_MIN_ROWS = 200
 def _upsert(
     conn: Connection,
     table: Table,
-    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
     key: Sequence[str],
     update_cols: Iterable[str],
     where: Callable[[Any], ColumnElement[bool]] | None = None,
 ) -> None:
-    """INSERT ... ON CONFLICT (key) DO UPDATE [WHERE ...] for all rows.
+    """INSERT ... ON CONFLICT (key) DO UPDATE [WHERE ...] for all rows (value tuples in
+    ``names`` order).
 
     PostgreSQL with many rows: COPY into a temporary staging table, then one
     INSERT ... SELECT ... ON CONFLICT. Otherwise one executemany.
@@ -215,16 +255,15 @@ def _upsert(
     stmt = dialect_insert(conn, table)
     staged = conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS
     if staged:
-        names = list(rows[0])
         staging = f"_stage_{table.name}_{uuid.uuid4().hex[:8]}"
         columns = ", ".join(f'"{n}"' for n in names)
         conn.exec_driver_sql(
             f'CREATE TEMPORARY TABLE "{staging}" ON COMMIT DROP AS '
             f'SELECT {columns} FROM "{table.name}" WITH NO DATA'
         )
-        copy_rows(conn, staging, table, rows)
+        copy_rows(conn, staging, table, rows, names)
         stage = sa_table(staging, *(sa_column(n) for n in names))
-        stmt = stmt.from_select(names, select(*(stage.c[n] for n in names)))
+        stmt = stmt.from_select(list(names), select(*(stage.c[n] for n in names)))
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c[k] for k in key],
         set_={c: stmt.excluded[c] for c in update_cols},
@@ -233,16 +272,20 @@ def _upsert(
     if staged:
         conn.execute(stmt)
     else:
-        _executemany(conn, stmt, rows)
+        _executemany(conn, stmt, names, rows)
 
 
-def _insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Plain INSERT of many rows: COPY on PostgreSQL (engine.bulk_insert), the driver's own
-    executemany on SQLite."""
+def _insert(conn: Connection, table: Table, names: Sequence[str],
+            rows: Sequence[Sequence[Any]]) -> None:
+    """Plain INSERT of many rows (value tuples in ``names`` order): COPY on PostgreSQL
+    (engine.insert_rows), the driver's own executemany on SQLite (``_executemany``: its
+    conversions column by column, dates and times once per distinct value)."""
+    if not rows:
+        return
     if conn.dialect.name == "postgresql":
-        bulk_insert(conn, table, rows)
-    elif rows:
-        _executemany(conn, table.insert(), rows)
+        insert_rows(conn, table, names, rows)
+    else:
+        _executemany(conn, table.insert(), names, rows)
 
 
 # Bind types whose processed value depends only on the value (equal in, equal out): processed
@@ -250,8 +293,9 @@ def _insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -
 _MEMO_TYPES = (UtcDateTime, Date)
 
 
-def _executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``conn.execute(stmt, rows)`` for many rows (dicts with the same keys).
+def _executemany(conn: Connection, stmt: Any, names: Sequence[str],
+                 rows: Sequence[Sequence[Any]]) -> None:
+    """``conn.execute(stmt, rows)`` for many rows (value tuples in ``names`` order).
 
     On SQLite the statement is compiled once and the rows go to the driver's ``executemany`` as
     plain tuples, converted with the statement's own bind processors (so the stored values are
@@ -259,19 +303,21 @@ def _executemany(conn: Connection, stmt: Any, rows: Sequence[Mapping[str, Any]])
     parameter dict per row: most of the cost of landing a batch. Elsewhere: ``conn.execute``."""
     if not rows:
         return
-    names = list(rows[0])
     if conn.dialect.name != "sqlite":
-        conn.execute(stmt, list(rows))
+        conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
         return
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=names)
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
     order = compiled.positiontup
-    if not order or not set(order) <= set(names):
-        conn.execute(stmt, list(rows))  # a default or an extra bind the rows do not give
+    index = {name: i for i, name in enumerate(names)}
+    if not order or not set(order) <= index.keys():
+        # a default or an extra bind the rows do not give
+        conn.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
         return
+    given = list(zip(*rows, strict=True))  # the rows' columns
     processors = compiled._bind_processors
     columns: list[Any] = []
     for name in order:
-        column = list(map(itemgetter(name), rows))
+        column = given[index[name]]
         process = processors.get(name)
         if process is None:
             pass
@@ -404,10 +450,8 @@ def _upsert_products(conn: Connection, rows: list[dict], batch: _Batch) -> None:
     _upsert(
         conn,
         products,
-        [
-            {"sku": sku, "name": name, "source": batch.source, "run_id": batch.run_id}
-            for sku, name in by_sku.items()
-        ],
+        ("sku", "name", "source", "run_id"),
+        [(sku, name, batch.source, batch.run_id) for sku, name in by_sku.items()],
         key=("sku",),
         update_cols=("name", "source", "run_id"),
         # a price without a name does not blank the product's name
@@ -420,7 +464,8 @@ def _upsert_warehouses(conn: Connection, rows: list[dict], batch: _Batch) -> Non
     _upsert(
         conn,
         warehouses,
-        [{"code": code, "region": region, "run_id": batch.run_id} for code, region in by_code.items()],
+        ("code", "region", "run_id"),
+        [(code, region, batch.run_id) for code, region in by_code.items()],
         key=("code",),
         update_cols=("region", "run_id"),
         where=lambda ex: and_(ex.region.is_not(None), warehouses.c.region.is_distinct_from(ex.region)),
@@ -484,6 +529,7 @@ def land_batch(
 
     counts = LoadCounts(received=len(records), rejected=len(rejects))
     with paused_gc(), begin_write(engine) as conn:
+        _lock_stream(conn, batch, kind)
         _land_raw(conn, batch, records)
         held = _land_rejected(conn, batch, rejects, [raw.external_id for raw, _ in mapped])
         counts.rejected -= held
@@ -515,7 +561,6 @@ def resolve_customers(engine: Engine, run_id: str) -> int:
     (case-insensitive, and only when exactly one customer has that e-mail). Returns the number
     of orders resolved."""
     pending = and_(orders.c.status == CAPTURED, orders.c.customer_id.is_(None))
-    by_code = select(customers.c.id).where(customers.c.code == orders.c.customer_code)
     emails = (
         select(
             func.lower(customers.c.email).label("email"),
@@ -527,10 +572,12 @@ def resolve_customers(engine: Engine, run_id: str) -> int:
         .subquery()
     )
     with begin_write(engine) as conn:
+        # UPDATE ... FROM: one join (codes are unique), not two lookups per order (a scalar
+        # subquery and an EXISTS), which PostgreSQL runs as a subplan per row
         n_code = conn.execute(
             update(orders)
-            .where(pending, orders.c.customer_code.is_not(None), exists(by_code))
-            .values(customer_id=by_code.scalar_subquery(), run_id=run_id)
+            .where(pending, customers.c.code == orders.c.customer_code)
+            .values(customer_id=customers.c.id, run_id=run_id)
         ).rowcount
         n_email = conn.execute(
             update(orders)
@@ -563,6 +610,23 @@ def _newest(items: Iterable[tuple[Any, RawRecord, Any]]) -> tuple[dict[Any, Any]
     return {k: v for k, (_, v) in chosen.items()}, n - len(chosen)
 
 
+_RAW_COLUMNS = ("source", "stream", "external_id", "content_hash", "payload", "source_updated_at",
+                "received_at", "run_id")
+
+
+def _lock_stream(conn: Connection, batch: _Batch, kind: str) -> None:
+    """PostgreSQL: one landing of a stream at a time (a transaction-level advisory lock on
+    (source, stream), and on (source, kind) if that differs). The rows a batch finds missing
+    then stay missing until it commits, so rows new to the warehouse go in with a plain INSERT
+    (COPY), not an upsert through a staging table; a second landing of the same stream waits,
+    then finds them held. SQLite: BEGIN IMMEDIATE already admits one writer at a time."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name in sorted({batch.stream, kind}):  # a fixed order: two landings cannot deadlock
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(a)s), hashtext(%(b)s))",
+                             {"a": f"orderhub.land:{batch.source}", "b": name})
+
+
 def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None:
     latest, _ = _newest((r.external_id, r, r) for r in records)
     if not latest:
@@ -578,23 +642,19 @@ def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None
             )
         ).all()
     )
+    source, stream, now, run_id = batch.source, batch.stream, batch.now, batch.run_id
     rows = [
-        {
-            "source": batch.source,
-            "stream": batch.stream,
-            "external_id": ext,
-            "content_hash": hashes[ext],
-            "payload": texts[ext],
-            "source_updated_at": raw.updated_at,
-            "received_at": batch.now,
-            "run_id": batch.run_id,
-        }
+        (source, stream, ext, hashes[ext], texts[ext], raw.updated_at, now, run_id)
         for ext, raw in latest.items()
         if known.get(ext) != hashes[ext]
     ]
+    if not any(row[2] in known for row in rows):  # only new records: see _lock_stream
+        _insert(conn, raw_records, _RAW_COLUMNS, rows)
+        return
     _upsert(
         conn,
         raw_records,
+        _RAW_COLUMNS,
         rows,
         key=("source", "stream", "external_id"),
         update_cols=("content_hash", "payload", "source_updated_at", "received_at", "run_id"),
@@ -621,22 +681,15 @@ def _land_rejected(
     rows = []
     for ext, (raw, error) in latest.items():
         text = canonical_json(raw.payload)
-        rows.append(
-            {
-                "source": batch.source,
-                "stream": batch.stream,
-                "external_id": ext,
-                "content_hash": _sha256(text),
-                "payload": text,
-                "error": str(error),
-                "rejected_at": batch.now,
-                "run_id": batch.run_id,
-            }
-        )
-    unchanged = sum(1 for r in rows if held.get(r["external_id"]) == (r["content_hash"], r["error"]))
+        rows.append((batch.source, batch.stream, ext, _sha256(text), text, str(error), batch.now,
+                     batch.run_id))
+    # (external_id, content_hash, error) are the row's 3rd, 4th and 6th values
+    unchanged = sum(1 for r in rows if held.get(r[2]) == (r[3], r[5]))
     _upsert(
         conn,
         t,
+        ("source", "stream", "external_id", "content_hash", "payload", "error", "rejected_at",
+         "run_id"),
         rows,
         key=("source", "stream", "external_id"),
         update_cols=("content_hash", "payload", "error", "rejected_at", "run_id"),
@@ -720,31 +773,44 @@ def _land_kind(
     latest, duplicates = _newest(prepared)
     known = _existing(conn, spec.table, spec.key, list(latest), ("content_hash",))
     write = []
+    changed = 0
     for key, row in latest.items():
         if key not in known:
             counts.new += 1
         elif known[key].content_hash != row["content_hash"]:
-            counts.changed += 1
+            changed += 1
         else:
             counts.unchanged += 1
             continue
         write.append(row)
+    counts.changed += changed
     counts.unchanged += duplicates
-    columns = [c for c in write[0] if not c.startswith("_")] if write else []
+    if not write:
+        return
+    columns = [c for c in write[0] if not c.startswith("_")]
+    values = itemgetter(*columns)  # every kind has several columns: a tuple per row
     if spec.table is stock:
         # insert new stock rows with nothing reserved; on update, never touch `reserved`
-        rows = [{**{c: r[c] for c in columns}, "reserved": Decimal(0)} for r in write]
+        zero = Decimal(0)
+        names = [*columns, "reserved"]
+        rows = [(*values(r), zero) for r in write]
     else:
-        rows = [{c: r[c] for c in columns} for r in write]
-    _upsert(
-        conn,
-        spec.table,
-        rows,
-        key=spec.key,
-        update_cols=[c for c in columns if c not in spec.key],
-        where=_hash_changed(spec.table),
-    )
-    if spec.after is not None and write:
+        names = columns
+        rows = [values(r) for r in write]
+    if not changed and spec.key[0] == "source":
+        # only new rows, of a key that is the source's own (held by _lock_stream): INSERT
+        _insert(conn, spec.table, names, rows)
+    else:
+        _upsert(
+            conn,
+            spec.table,
+            names,
+            rows,
+            key=spec.key,
+            update_cols=[c for c in columns if c not in spec.key],
+            where=_hash_changed(spec.table),
+        )
+    if spec.after is not None:
         spec.after(conn, write, batch)
 
 
@@ -769,53 +835,71 @@ def _amount_exponent(currency: str | None) -> Decimal:
     return Decimal(1).scaleb(-places)
 
 
+_LINE_COLUMNS = ("order_id", "line_no", "sku", "qty", "unit_price", "amount", "run_id")
+
+
 def _line_rows(ids: Mapping[str, int], orders_: Iterable[tuple[str, dict, str]],
-               run_id: str) -> list[dict]:
-    """The order_lines rows of mapped orders (amount as _line_amount, the exponent found once
-    per order)."""
+               run_id: str) -> list[tuple]:
+    """The order_lines rows (``_LINE_COLUMNS`` tuples) of mapped orders (amount as
+    _line_amount, the exponent found once per currency)."""
     rows = []
+    append = rows.append
+    exponents: dict[Any, Decimal] = {}
     for ext, rec, _ in orders_:
-        exp = _amount_exponent(rec.get("currency"))
+        currency = rec.get("currency")
+        exp = exponents.get(currency)
+        if exp is None:
+            exp = exponents[currency] = _amount_exponent(currency)
         order_id = ids[ext]
         for line in rec.get("lines") or ():
             qty, price = line.get("qty"), line.get("unit_price")
-            rows.append({
-                "order_id": order_id,
-                "line_no": line["line_no"],
-                "sku": line.get("sku"),
-                "qty": qty,
-                "unit_price": price,
-                "amount": None if qty is None or price is None
+            append((
+                order_id,
+                line["line_no"],
+                line.get("sku"),
+                qty,
+                price,
+                None if qty is None or price is None
                 else (qty * price).quantize(exp, rounding=ROUNDING),
-                "run_id": run_id,
-            })
+                run_id,
+            ))
     return rows
 
 
-def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> dict:
+_ORDER_COLUMNS = (
+    "source", "external_id", "order_no", "customer_code", "customer_email", "customer_id",
+    "ordered_at", "source_updated_at", "currency", "total", "ship_region", "order_date",
+    "lines_hash", "fulfilment_status", "status", "content_hash", "captured_at", "run_id",
+)
+# captured_at stays the first capture; status is set explicitly (captured)
+_ORDER_UPDATE = tuple(c for c in _ORDER_COLUMNS if c not in ("source", "external_id", "captured_at"))
+
+
+def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> tuple:
+    """The orders row (``_ORDER_COLUMNS`` values) of a mapped order."""
     ordered_at = rec.get("ordered_at")
     if isinstance(ordered_at, datetime) and ordered_at.tzinfo is None:
         ordered_at = ordered_at.replace(tzinfo=UTC)
-    return {
-        "source": batch.source,
-        "external_id": ext,
-        "order_no": rec.get("order_no"),
-        "customer_code": rec.get("customer_code"),
-        "customer_email": rec.get("customer_email"),
-        "customer_id": None,  # resolve_customers sets it (again, for an amended order)
-        "ordered_at": ordered_at,
-        "source_updated_at": rec.get("updated_at"),
-        "currency": rec.get("currency"),
-        "total": rec.get("total"),
-        "ship_region": rec.get("ship_region"),
-        "order_date": ordered_at.astimezone(UTC).date() if ordered_at else None,
-        "lines_hash": lines_hash(rec.get("lines") or []),
-        "fulfilment_status": rec.get("fulfilment_status"),
-        "status": CAPTURED,
-        "content_hash": chash,
-        "captured_at": batch.now,
-        "run_id": batch.run_id,
-    }
+    return (
+        batch.source,
+        ext,
+        rec.get("order_no"),
+        rec.get("customer_code"),
+        rec.get("customer_email"),
+        None,  # customer_id: resolve_customers sets it (again, for an amended order)
+        ordered_at,
+        rec.get("updated_at"),
+        rec.get("currency"),
+        rec.get("total"),
+        rec.get("ship_region"),
+        ordered_at.astimezone(UTC).date() if ordered_at else None,
+        lines_hash(rec.get("lines") or []),
+        rec.get("fulfilment_status"),
+        CAPTURED,
+        chash,
+        batch.now,
+        batch.run_id,
+    )
 
 
 def _land_orders(
@@ -824,10 +908,11 @@ def _land_orders(
     mapped: list[tuple[RawRecord, dict]],
     counts: LoadCounts,
 ) -> None:
+    source = batch.source
     items = []
     for raw, rec in mapped:
         ext = rec.get("external_id") or raw.external_id
-        items.append(((batch.source, ext), raw, (ext, rec, _record_hash(rec))))
+        items.append(((source, ext), raw, (ext, rec, _record_hash(rec))))
     latest, duplicates = _newest(items)
     counts.unchanged += duplicates
     # locked: a worker validating these orders meanwhile must not see them reopened under it
@@ -863,25 +948,22 @@ def _land_orders(
     if back_from_quarantine:
         transition(conn, back_from_quarantine, OrderState.CAPTURED, batch.run_id, "amended at source")
     rows = [_order_row(rec, ext, batch, chash) for ext, rec, chash in new + reopened]
-    _upsert(
-        conn,
-        orders,
-        rows,
-        key=("source", "external_id"),
-        # captured_at stays the first capture; status is set explicitly (captured)
-        update_cols=[c for c in rows[0] if c not in ("source", "external_id", "captured_at")],
-    )
+    if reopened:
+        _upsert(conn, orders, _ORDER_COLUMNS, rows, key=("source", "external_id"),
+                update_cols=_ORDER_UPDATE)
+    else:  # all new: a plain INSERT (see _lock_stream)
+        _insert(conn, orders, _ORDER_COLUMNS, rows)
 
     ids = {
         ext: oid
         for ext, oid in conn.execute(
             select(orders.c.external_id, orders.c.id).where(
-                orders.c.source == batch.source,
+                orders.c.source == source,
                 in_values(orders.c.external_id, [ext for ext, _, _ in new], conn.dialect.name),
             )
         )
-    }
-    ids.update({ext: known[(batch.source, ext)].id for ext, _, _ in reopened})
+    } if new else {}
+    ids.update({ext: known[(source, ext)].id for ext, _, _ in reopened})
     if reopened:
         # the new version's lines replace the old ones (nothing is allocated before validation)
         conn.execute(
@@ -889,23 +971,14 @@ def _land_orders(
                 in_values(order_lines.c.order_id, [ids[e] for e, _, _ in reopened], conn.dialect.name)
             )
         )
-    line_rows = _line_rows(ids, new + reopened, batch.run_id)
-    _insert(conn, order_lines, line_rows)
+    _insert(conn, order_lines, _LINE_COLUMNS, _line_rows(ids, new + reopened, batch.run_id))
     if new:
+        reason = f"captured from {source}"
         _insert(
             conn,
             order_events,
-            [
-                {
-                    "order_id": ids[ext],
-                    "from_state": None,
-                    "to_state": CAPTURED,
-                    "at": batch.now,
-                    "reason": f"captured from {batch.source}",
-                    "run_id": batch.run_id,
-                }
-                for ext, _, _ in new
-            ],
+            ("order_id", "from_state", "to_state", "at", "reason", "run_id"),
+            [(ids[ext], None, CAPTURED, batch.now, reason, batch.run_id) for ext, _, _ in new],
         )
 
 
@@ -914,8 +987,7 @@ def _fulfilment_status(conn: Connection, batch: _Batch, latest: Mapping[Any, Any
     (on_shipment invoicing and the shipped notification read it). Only records whose mapper
     reports the key; an unchanged status writes nothing (a rerun changes nothing)."""
     rows = [
-        {"b_source": batch.source, "b_ext": ext, "b_status": rec["fulfilment_status"],
-         "b_run": batch.run_id}
+        (batch.source, ext, rec["fulfilment_status"], batch.run_id)
         for ext, rec, _ in latest.values() if "fulfilment_status" in rec
     ]
     if rows:
@@ -926,6 +998,7 @@ def _fulfilment_status(conn: Connection, batch: _Batch, latest: Mapping[Any, Any
                    orders.c.external_id == bindparam("b_ext"),
                    orders.c.fulfilment_status.is_distinct_from(bindparam("b_status")))
             .values(fulfilment_status=bindparam("b_status"), run_id=bindparam("b_run")),
+            ("b_source", "b_ext", "b_status", "b_run"),
             rows,
         )
 
@@ -935,16 +1008,8 @@ def _save_cursor(conn: Connection, batch: _Batch, cursor: Cursor) -> None:
     _upsert(
         conn,
         t,
-        [
-            {
-                "source": batch.source,
-                "stream": batch.stream,
-                "cursor_value": cursor.updated_at,
-                "cursor_id": cursor.id,
-                "updated_at": batch.now,
-                "run_id": batch.run_id,
-            }
-        ],
+        ("source", "stream", "cursor_value", "cursor_id", "updated_at", "run_id"),
+        [(batch.source, batch.stream, cursor.updated_at, cursor.id, batch.now, batch.run_id)],
         key=("source", "stream"),
         update_cols=("cursor_value", "cursor_id", "updated_at", "run_id"),
         # an unchanged cursor is not rewritten: a rerun over the same data changes nothing
