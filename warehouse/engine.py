@@ -39,11 +39,11 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     literal_column,
     select,
     table,
     text,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -222,51 +222,93 @@ def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]]) -> None:
+                rows: Sequence[Sequence[Any]], skip_existing: Sequence[str] = ()) -> int:
     """INSERT many rows given as value tuples in ``columns`` order, for the hottest inserts:
     COPY on PostgreSQL; on SQLite one executemany on the driver, with the columns' own bind
     conversions (Decimal -> float for Numeric, our TypeDecorators) but without SQLAlchemy's
     per-row parameter building (most of an executemany's Python time). A JSON column takes its
     text as a str (``json_text``), or a value to encode. No Python-side column defaults:
-    give every column the row needs."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        copy_rows(conn, table.name, table, rows, columns)
-        return
-    names = ", ".join(f'"{n}"' for n in columns)
-    marks = ", ".join("?" for _ in columns)
-    conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})',
-                         _driver_rows(conn, table, columns, rows))
+    give every column the row needs.
 
-
-def update_rows(conn: Connection, table: Table, key: str, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]], only_where_null: str | None = None) -> int:
-    """UPDATE many rows, each found by ``key``, given as value tuples ``(key, *columns)``;
-    ``only_where_null``: a column that must still be NULL for a row to change. Returns the rows
-    changed. PostgreSQL: COPY into a temporary table, then one UPDATE ... FROM (a pipelined
-    executemany is one statement per row); SQLite: one executemany on the driver."""
+    ``skip_existing``: the columns of a unique key; a row whose key is already taken (in the
+    table, or by an earlier row) is skipped instead of failing, ``ON CONFLICT (key) DO
+    NOTHING`` (PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT, in the
+    rows' order). Returns the rows inserted."""
     if not rows:
         return 0
-    def guard(alias: str) -> str:
-        return f' AND {alias}"{only_where_null}" IS NULL' if only_where_null else ""
+    names = ", ".join(f'"{n}"' for n in columns)
+    skip = ""
+    if skip_existing:
+        keys = ", ".join(f'"{k}"' for k in skip_existing)
+        skip = f" ON CONFLICT ({keys}) DO NOTHING"
+    if conn.dialect.name == "postgresql":
+        if not skip:
+            copy_rows(conn, table.name, table, rows, columns)
+            return len(rows)
+        stage = f"_insert_{uuid.uuid4().hex[:12]}"
+        conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{stage}" ON COMMIT DROP AS '
+                             f'SELECT {names} FROM "{table.name}" WITH NO DATA')
+        copy_rows(conn, stage, table, rows, columns)
+        added = conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) '
+                                     f'SELECT {names} FROM "{stage}"{skip}').rowcount
+        conn.exec_driver_sql(f'DROP TABLE "{stage}"')
+        return added
+    marks = ", ".join("?" for _ in columns)
+    return conn.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}){skip}',
+                                _driver_rows(conn, table, columns, rows)).rowcount
+
+
+def update_rows(conn: Connection, table: Table, key: str | Sequence[str], columns: Sequence[str],
+                rows: Sequence[Sequence[Any]], only_where_null: str | None = None,
+                only_where: Mapping[str, Any] | None = None, add: Collection[str] = ()) -> int:
+    """UPDATE many rows, each found by ``key`` (a column, or several), given as value tuples
+    ``(*key, *columns)``; ``only_where_null``: a column that must still be NULL for a row to
+    change; ``only_where``: columns that must still hold these values for a row to change;
+    ``add``: columns whose given value is added to the stored one (``SET c = c + value``).
+    Returns the rows changed. PostgreSQL: COPY into a temporary table, then one UPDATE ... FROM
+    (a pipelined executemany is one statement per row); SQLite: one executemany on the driver."""
+    if not rows:
+        return 0
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    guards = list((only_where or {}).items())
+
+    def guard(alias: str, mark: str) -> str:
+        out = f' AND {alias}"{only_where_null}" IS NULL' if only_where_null else ""
+        return out + "".join(f' AND {alias}"{c}" = ' + mark.format(i)
+                             for i, (c, _) in enumerate(guards))
 
     if conn.dialect.name == "postgresql":
         stage = f"_update_{uuid.uuid4().hex[:12]}"
-        listed = ", ".join(f'"{n}"' for n in (key, *columns))
+        listed = ", ".join(f'"{n}"' for n in (*keys, *columns))
         conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{stage}" ON COMMIT DROP AS '
                              f'SELECT {listed} FROM "{table.name}" WITH NO DATA')
-        copy_rows(conn, stage, table, rows, (key, *columns))
-        sets = ", ".join(f'"{c}" = s."{c}"' for c in columns)
-        done = conn.exec_driver_sql(
-            f'UPDATE "{table.name}" AS t SET {sets} FROM "{stage}" AS s '
-            f'WHERE t."{key}" = s."{key}"{guard("t.")}').rowcount
+        copy_rows(conn, stage, table, rows, (*keys, *columns))
+        # a fresh temporary table has no statistics: told its size, the planner finds each
+        # target row by its key instead of scanning the whole target table
+        conn.exec_driver_sql(f'ANALYZE "{stage}"')
+        sets = ", ".join(f'"{c}" = ' + (f't."{c}" + ' if c in add else "") + f's."{c}"'
+                         for c in columns)
+        match = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
+        # and within the range of the first key: the planner then reads just that stretch of
+        # the target's index (a merge join would read the target from its first row on)
+        first = keys[0]
+        match += (f' AND t."{first}" >= (SELECT min("{first}") FROM "{stage}")'
+                  f' AND t."{first}" <= (SELECT max("{first}") FROM "{stage}")')
+        sql = f'UPDATE "{table.name}" AS t SET {sets} FROM "{stage}" AS s WHERE {match}'
+        if guards:
+            done = conn.exec_driver_sql(sql + guard("t.", "%(w{})s"),
+                                        {f"w{i}": v for i, (_, v) in enumerate(guards)}).rowcount
+        else:
+            done = conn.exec_driver_sql(sql + guard("t.", "")).rowcount
         conn.exec_driver_sql(f'DROP TABLE "{stage}"')
         return done
-    sets = ", ".join(f'"{c}" = ?' for c in columns)
-    moved = [(*values[1:], values[0]) for values in _driver_rows(conn, table, (key, *columns),
-                                                                    rows)]
-    return conn.exec_driver_sql(f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?{guard("")}',
+    n = len(keys)
+    sets = ", ".join(f'"{c}" = ' + (f'"{c}" + ' if c in add else "") + "?" for c in columns)
+    match = " AND ".join(f'"{k}" = ?' for k in keys)
+    extra = tuple(v for _, v in guards)
+    moved = [(*values[n:], *values[:n], *extra)
+             for values in _driver_rows(conn, table, (*keys, *columns), rows)]
+    return conn.exec_driver_sql(f'UPDATE "{table.name}" SET {sets} WHERE {match}{guard("", "?")}',
                                 moved).rowcount
 
 
@@ -320,47 +362,78 @@ def id_queue(conn: Connection, ids: Any, order_by: Sequence[Any]) -> Iterator[Id
     big = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
     extra = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
     conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{name}" (seq {big} PRIMARY KEY, '
-                         f"item_id {big} NOT NULL, flag INTEGER NOT NULL DEFAULT 0){extra}")
+                         f"item_id {big} NOT NULL){extra}")
+    # the marks (``IdQueue.flag``) in a table of their own: appended to, never updated in place
+    conn.exec_driver_sql(f'CREATE TEMPORARY TABLE "{name}_marks" (item_id {big} PRIMARY KEY, '
+                         f"flag INTEGER NOT NULL){extra}")
     numbered = ids.add_columns(func.row_number().over(order_by=list(order_by)))
-    queue_table = table(name, column("seq", Integer), column("item_id", Integer),
-                        column("flag", Integer))
+    queue_table = table(name, column("seq", Integer), column("item_id", Integer))
+    marks_table = table(f"{name}_marks", column("item_id", Integer), column("flag", Integer))
     conn.execute(insert(queue_table).from_select(["item_id", "seq"], numbered))
     conn.exec_driver_sql(f'CREATE INDEX "{name}_item" ON "{name}" (item_id)')
-    yield IdQueue(conn, queue_table)
-    # on an error the transaction's rollback takes the table with it (DDL is transactional)
+    if conn.dialect.name == "postgresql":
+        # no autovacuum for temporary tables: without statistics the planner would scan the
+        # whole queue for every chunk's ``flag``
+        conn.exec_driver_sql(f'ANALYZE "{name}"')
+    yield IdQueue(conn, queue_table, marks_table)
+    # on an error the transaction's rollback takes the tables with it (DDL is transactional)
+    conn.exec_driver_sql(f'DROP TABLE "{name}_marks"')
     conn.exec_driver_sql(f'DROP TABLE "{name}"')
 
 
 class IdQueue:
     """The ids of an ``id_queue``, in its order, chunk by chunk; ``flag`` marks some of them."""
 
-    def __init__(self, conn: Connection, queue_table: TableClause) -> None:
+    def __init__(self, conn: Connection, queue_table: TableClause,
+                 marks_table: TableClause) -> None:
         self.conn = conn
         self.table = queue_table
+        self.marks = marks_table
 
     def chunks(self, size: int, flagged: bool = False, by_id: bool = False) -> Iterator[list[int]]:
         """Lists of at most ``size`` ids, in queue order (``by_id``: in id order instead);
         ``flagged``: only the ids marked with ``flag``."""
-        t = self.table
-        key = t.c.item_id if by_id else t.c.seq
+        for rows in self._pages(size, flagged, by_id):
+            yield [item for _, item, _ in rows]
+
+    def flagged(self, size: int) -> Iterator[list[tuple[int, int]]]:
+        """``(id, flag)`` of the ids marked with ``flag``, in id order, at most ``size`` at a
+        time."""
+        for rows in self._pages(size, True, True):
+            yield [(item, value) for _, item, value in rows]
+
+    def _pages(self, size: int, flagged: bool, by_id: bool) -> Iterator[list[Any]]:
+        t, m = self.table, self.marks
+        if flagged and by_id:
+            key = m.c.item_id  # the marks alone, in their key's order
+            q0 = select(key, m.c.item_id, m.c.flag)
+        elif flagged:
+            key = t.c.seq
+            q0 = select(key, t.c.item_id, m.c.flag).join(m, m.c.item_id == t.c.item_id)
+        else:
+            key = t.c.item_id if by_id else t.c.seq
+            q0 = select(key, t.c.item_id, literal(0))
         last = None
         while True:
-            q = select(key, t.c.item_id)
-            if flagged:
-                q = q.where(t.c.flag == 1)
-            if last is not None:
-                q = q.where(key > last)
+            q = q0 if last is None else q0.where(key > last)
             rows = self.conn.execute(q.order_by(key).limit(size)).all()
             if not rows:
                 return
             last = rows[-1][0]
-            yield [r[1] for r in rows]
+            yield rows
 
-    def flag(self, ids: Collection[int]) -> None:
-        if ids:
-            t = self.table
-            self.conn.execute(update(t).where(in_values(t.c.item_id, list(ids),
-                                                        self.conn.dialect.name)).values(flag=1))
+    def flag(self, ids: Collection[int], value: int = 1) -> None:
+        """Mark those of ``ids`` in the queue with ``value`` (not 0; several marks can be kept
+        apart as bits); marking an id again replaces its mark."""
+        if not ids:
+            return
+        t, m = self.table, self.marks
+        add = dialect_insert(self.conn, m).from_select(  # type: ignore[arg-type]
+            ["item_id", "flag"],
+            select(t.c.item_id, literal(value))
+            .where(in_values(t.c.item_id, list(ids), self.conn.dialect.name)))
+        self.conn.execute(add.on_conflict_do_update(index_elements=[m.c.item_id],
+                                                    set_={"flag": add.excluded.flag}))
 
 
 @contextmanager
