@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from warehouse import schema as s
-from warehouse.allocate import allocate, dry_run
+from warehouse.allocate import CHUNK_ORDERS, allocate, dry_run
 from warehouse.allocation_rules import RuleConfigError
 
 HOME = {"id": "home_region", "warehouse_in": "customer_region", "require_stock": True}
@@ -34,6 +34,9 @@ T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 REGIONS = {"WH-E1": "east", "WH-E2": "east", "WH-W": "west"}
 NOTHING = {"allocated": 0, "backordered": 0, "lines_by_rule": {}, "skipped": 0, "unallocated": 0,
            "owners_assigned": 0}
+# one chunk, and one order per chunk: decisions go in priority order chunk by chunk, the state
+# moves and owners in a second pass in order id order; the outcome must not depend on the chunks
+CHUNKS = pytest.mark.parametrize("chunk", [CHUNK_ORDERS, 1], ids=["one_chunk", "chunks_of_1"])
 
 
 # --- seeding ------------------------------------------------------------------------------------
@@ -245,9 +248,10 @@ def scarce(engine):
     return ids
 
 
-def test_split_partial_and_backorder_exact_rows(engine, scarce):
+@CHUNKS
+def test_split_partial_and_backorder_exact_rows(engine, scarce, chunk):
     o = scarce
-    result = allocate(engine, RUN, FULL)
+    result = allocate(engine, RUN, FULL, chunk)
     assert result == {"allocated": 2, "backordered": 2,
                       "lines_by_rule": {"backorder": 2, "partial": 1, "split": 2},
                       "skipped": 0, "unallocated": 0, "owners_assigned": 0}
@@ -281,13 +285,14 @@ def test_split_partial_and_backorder_exact_rows(engine, scarce):
         rule: "no stock in any candidate warehouse"
         for rule in ("home_region", "any_stock", "split", "partial")}
     before = state(engine)
-    assert allocate(engine, RUN2, FULL) == NOTHING  # nothing arrived: nothing written
+    assert allocate(engine, RUN2, FULL, chunk) == NOTHING  # nothing arrived: nothing written
     assert state(engine) == before
 
 
-def test_stock_arrival_reallocates_backorders_into_the_rows_they_hold(engine, scarce):
+@CHUNKS
+def test_stock_arrival_reallocates_backorders_into_the_rows_they_hold(engine, scarce, chunk):
     o = scarce
-    allocate(engine, RUN, FULL)
+    allocate(engine, RUN, FULL, chunk)
     with engine.connect() as conn:
         bo_id = conn.execute(
             select(s.allocations.c.id)
@@ -295,7 +300,7 @@ def test_stock_arrival_reallocates_backorders_into_the_rows_they_hold(engine, sc
             .where(s.order_lines.c.order_id == o["backorder"])).scalar_one()
     add_stock(engine, "SKU-P", "WH-W", 10)
     add_stock(engine, "SKU-Z", "WH-E1", 1)
-    result = allocate(engine, RUN2, FULL)
+    result = allocate(engine, RUN2, FULL, chunk)
     assert result == {"allocated": 2, "backordered": 0, "lines_by_rule": {"home_region": 2},
                       "skipped": 0, "unallocated": 0, "owners_assigned": 0}
     status, allocs, reserved, _, n_allocs = state(engine)
@@ -314,7 +319,7 @@ def test_stock_arrival_reallocates_backorders_into_the_rows_they_hold(engine, sc
         ("partial", "2.000", RUN)]
     assert merged["earlier"][0]["inputs"]["home"] == "west"
     before = state(engine)
-    assert allocate(engine, RUN3, FULL) == NOTHING
+    assert allocate(engine, RUN3, FULL, chunk) == NOTHING
     assert state(engine) == before
 
 
@@ -361,7 +366,8 @@ def test_a_dry_run_predicts_the_real_run_exactly_and_writes_nothing(engine, scar
 # --- priority: group, then date, with scarce stock ----------------------------------------------
 
 
-def test_scarce_stock_goes_to_wholesale_first_then_the_oldest(engine):
+@CHUNKS
+def test_scarce_stock_goes_to_wholesale_first_then_the_oldest(engine, chunk):
     with engine.begin() as conn:
         c = seed_masters(conn, [("SKU-A", "WH-E1", 4)])
         o = {
@@ -379,7 +385,7 @@ def test_scarce_stock_goes_to_wholesale_first_then_the_oldest(engine):
     cfg = {"rules": [HOME, BACKORDER],
            "priority": [{"by": "customer_group", "order": ["wholesale", "retail"]},
                         {"by": "ordered_at"}]}
-    assert allocate(engine, RUN, cfg)["allocated"] == 2
+    assert allocate(engine, RUN, cfg, chunk)["allocated"] == 2
     status = state(engine)[0]
     assert {k: status[v] for k, v in o.items()} == {
         "retail_old": "backordered", "whole_late": "allocated", "whole_early": "allocated",
@@ -387,7 +393,7 @@ def test_scarce_stock_goes_to_wholesale_first_then_the_oldest(engine):
     assert inputs_of(engine, o["whole_late"])["priority"] == {
         "customer_group": "wholesale", "ordered_at": "2026-11-01T12:00:00+00:00"}
     add_stock(engine, "SKU-A", "WH-E1", 3)  # 3 arrive: the oldest retail order, by id on a tie
-    assert allocate(engine, RUN2, cfg)["allocated"] == 1
+    assert allocate(engine, RUN2, cfg, chunk)["allocated"] == 1
     status = state(engine)[0]
     assert [k for k, v in o.items() if status[v] == "allocated"] == [
         "retail_old", "whole_late", "whole_early"]
@@ -397,7 +403,8 @@ def test_scarce_stock_goes_to_wholesale_first_then_the_oldest(engine):
 # --- owners: territory, round-robin, stable on rerun --------------------------------------------
 
 
-def test_owners_by_territory_round_robin_and_stable_across_runs(engine):
+@CHUNKS
+def test_owners_by_territory_round_robin_and_stable_across_runs(engine, chunk):
     with engine.begin() as conn:
         c = seed_masters(conn, [("SKU-A", "WH-E1", 100)])
         o = {
@@ -411,7 +418,7 @@ def test_owners_by_territory_round_robin_and_stable_across_runs(engine):
             "waits": add_order(conn, "b", [("SKU-B", "1")], ship_region="west"),  # no SKU-B
         }
     cfg = {"rules": RULES, "owners": OWNERS}
-    assert allocate(engine, RUN, cfg)["owners_assigned"] == 8
+    assert allocate(engine, RUN, cfg, chunk)["owners_assigned"] == 8
 
     def owners():
         with engine.connect() as conn:
@@ -439,12 +446,12 @@ def test_owners_by_territory_round_robin_and_stable_across_runs(engine):
              "team": "team_east", "members": ["alice", "bob"], "turn": 4}, RUN)
     # rerun: nothing new, nothing moves (the backordered order is re-evaluated, keeps its owner)
     before = state(engine)
-    assert allocate(engine, RUN2, cfg) == NOTHING
+    assert allocate(engine, RUN2, cfg, chunk) == NOTHING
     assert owners() == first and state(engine) == before
     # a new order continues the team's turn from the stored counter, not from the start
     with engine.begin() as conn:
         o["e4"] = add_order(conn, "e4", [("SKU-A", "1")], ship_region="east")
-    assert allocate(engine, RUN3, cfg)["owners_assigned"] == 1
+    assert allocate(engine, RUN3, cfg, chunk)["owners_assigned"] == 1
     later = owners()
     assert later[0]["e4"] == ("bob", "team_east", "territory")
     assert {k: v for k, v in later[0].items() if k != "e4"} == first[0]

@@ -249,6 +249,23 @@ def test_price_rules_specificity_dates_discount_and_tolerance_per_currency(wh: E
     assert reasons["a-over"] == "unit price differs from the applicable price by more than 0.05 CNY"
 
 
+def test_price_check_lists_every_failing_line_in_line_order(wh: Engine) -> None:
+    """Several failing lines of one order: one value, lines in order, rule or list price each
+    (SQLite finds each line's rule by lookup, PostgreSQL ranks (line, rule) rows)."""
+    lines = [("SKU-1", "1", "11.00"), ("SKU-2", "1", "20.00"), ("SKU-2", "2", "21.00"),
+             ("SKU-1", "1", "12.00")]
+    _add(wh, [_order("several", lines=lines), _order("clean", lines=[("SKU-1", "1", "10.00")])])
+    assert _sql_failures(wh, PRICE) == {"several": (
+        "line 1 SKU-1 11.00 vs list 10.00; line 3 SKU-2 21.00 vs list 20.00; "
+        "line 4 SKU-1 12.00 vs list 10.00",
+        "unit price differs from the applicable price by more than 0.05 CNY")}
+    # a rule for SKU-2 only: line 2 now fails against it, line 3 no longer does
+    _rules(wh, [{"external_id": "R-2", "sku": "SKU-2", "currency": "CNY", "price": D("21.00")}])
+    assert _sql_failures(wh, PRICE)["several"][0] == (
+        "line 1 SKU-1 11.00 vs list 10.00; line 2 SKU-2 20.00 vs 21.00 (rule R-2, all customers, "
+        "price 21.00); line 4 SKU-1 12.00 vs list 10.00")
+
+
 def test_price_tolerance_default_applies_to_currencies_not_named(wh: Engine) -> None:
     _add(wh, [_order("usd", code="C00002", customer_id=2, currency="USD",
                      lines=[("SKU-1", "1", "1.51")])])

@@ -530,6 +530,28 @@ def test_resolve_customers_by_code_else_email(engine: Engine) -> None:
     assert load.resolve_customers(engine, RUN2) == 0  # idempotent
 
 
+def test_landings_of_one_stream_take_turns_on_postgresql(engine: Engine) -> None:
+    """New rows go in with a plain INSERT (COPY): safe because a landing holds its stream's
+    advisory lock, so a second landing of the stream waits, then finds the rows held."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite admits one writer at a time anyway (BEGIN IMMEDIATE)")
+    import threading
+
+    results: list[LoadCounts] = []
+    with engine.connect() as holder:  # a landing of shop/orders in progress
+        holder.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(a)s), hashtext(%(b)s))",
+                               {"a": "orderhub.land:shop", "b": "orders"})
+        other = threading.Thread(
+            target=lambda: results.append(land(engine, RUN1, "orders", [order("1")])))
+        other.start()
+        other.join(1.5)
+        assert other.is_alive() and not results  # waiting for the lock
+        holder.rollback()  # the first landing ends
+    other.join(30)
+    assert results == [LoadCounts(1, new=1)]
+    assert land(engine, RUN2, "orders", [order("1")]) == LoadCounts(1, unchanged=1)
+
+
 def test_copy_path_behaves_like_the_statement_path(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
