@@ -42,6 +42,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     or_,
     select,
@@ -561,6 +562,7 @@ def resolve_customers(engine: Engine, run_id: str) -> int:
     (case-insensitive, and only when exactly one customer has that e-mail). Returns the number
     of orders resolved."""
     pending = and_(orders.c.status == CAPTURED, orders.c.customer_id.is_(None))
+    by_code = select(customers.c.id).where(customers.c.code == orders.c.customer_code)
     emails = (
         select(
             func.lower(customers.c.email).label("email"),
@@ -572,12 +574,10 @@ def resolve_customers(engine: Engine, run_id: str) -> int:
         .subquery()
     )
     with begin_write(engine) as conn:
-        # UPDATE ... FROM: one join (codes are unique), not two lookups per order (a scalar
-        # subquery and an EXISTS), which PostgreSQL runs as a subplan per row
         n_code = conn.execute(
             update(orders)
-            .where(pending, customers.c.code == orders.c.customer_code)
-            .values(customer_id=customers.c.id, run_id=run_id)
+            .where(pending, orders.c.customer_code.is_not(None), exists(by_code))
+            .values(customer_id=by_code.scalar_subquery(), run_id=run_id)
         ).rowcount
         n_email = conn.execute(
             update(orders)
