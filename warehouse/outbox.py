@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import NullType
 
+from connectors.base import paused_gc
 from warehouse.engine import begin_write, id_windows, in_values, insert_rows, update_rows
 from warehouse.money import quantize
 from warehouse.orders import transition
@@ -143,7 +144,8 @@ def enqueue(
     now = _now()
     id_col = invoices.c.id if operation == "invoice" else orders.c.id
     added = 0
-    with begin_write(engine) as conn:
+    # paused_gc: a window's docs are thousands of small dicts that make no cycles
+    with paused_gc(), begin_write(engine) as conn:
         # window by window over the ids: the docs of one window at a time in memory
         for window in id_windows(conn, id_col, ENQUEUE_CHUNK):
             rows = builders[operation](conn, target, orders_from, window)
