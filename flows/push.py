@@ -7,6 +7,8 @@ remote document first (``recover=True``) instead of creating a second one (DESIG
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
@@ -27,33 +29,61 @@ def drain(settings: Settings, engine: Engine, run_id: str, target: str, operatio
         return counts  # nothing to send: no connector built
     connector = build_connector(target, settings.connector_config(target))
     size = claim_size or getattr(connector, "push_batch", None) or CLAIM_SIZE
+    # Two batches in flight at most: while one thread sends batch N (the target works on
+    # it; this process mostly waits on the socket), this one marks batch N-1's results and
+    # claims batch N+1. Claim still commits `sending` before its batch can leave, so a crash
+    # leaves at most two batches `sending`, which the next drain looks up before re-creating.
+    # One sender thread: the connector sees its batches one at a time and in claim order.
     after_id = 0
-    # claim and mark_sending in one commit, before the request leaves; one commit for the
-    # batch's results after it
-    while True:
-        # paused_gc: a batch is thousands of payload dicts and results that make no cycles;
-        # the collector, left on, would walk the whole heap again and again meanwhile
-        with paused_gc():
-            rows = outbox.claim(engine, target, operation, size, after_id=after_id,
-                                sending=True)
-            if not rows:
-                break
-            after_id = rows[-1]["id"]
-            by_key = {r["idempotency_key"]: r for r in rows}
-            results = []
-            for recover in (False, True):
-                docs = [r["payload"] for r in rows if bool(r["recover"]) is recover]
-                if docs:
-                    results += connector.push(operation, docs, recover=recover)
-            done = [(by_key[r.key]["id"], r.remote_id) for r in results if r.ok]
-            failed = [(by_key[r.key]["id"], r.error or "unknown error")
-                      for r in results if not r.ok]
-            # done: the run that confirmed it becomes the row's run (the rollback unit)
-            outbox.mark_results(engine, done, failed, run_id=run_id)
-        counts["done"] += len(done)
-        counts["failed"] += len(failed)
-        counts["recovered"] += sum(1 for r in rows if r["recover"])
+    in_flight: deque[tuple[list[dict[str, Any]], Future]] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"push-{target}") as sender:
+        try:
+            while True:
+                # paused_gc: a batch is thousands of payload dicts and results that make no
+                # cycles; the collector, left on, would walk the whole heap again and again
+                with paused_gc():
+                    rows = outbox.claim(engine, target, operation, size, after_id=after_id,
+                                        sending=True)
+                    if rows:
+                        after_id = rows[-1]["id"]
+                        in_flight.append((rows, sender.submit(_send, connector, operation,
+                                                              rows)))
+                    # the batch before the newest: its answer is in, or nearly
+                    while len(in_flight) > (1 if rows else 0):
+                        _record(engine, run_id, *in_flight.popleft(), counts)
+                if not rows:
+                    break
+        finally:
+            # on an error: a batch not sent yet stays claimed (`sending`, looked up before it is
+            # created next time); one that went out still gets its results recorded
+            for rows, sent in in_flight:
+                if not sent.cancel() and sent.exception() is None:
+                    _record(engine, run_id, rows, sent, counts)
     if counts["done"] or counts["failed"]:
         progress("push %s/%s: %s done, %s failed", target, operation, f"{counts['done']:,}",
                  f"{counts['failed']:,}")
     return counts
+
+
+def _send(connector: Any, operation: str, rows: list[dict[str, Any]]) -> list[Any]:
+    """One claimed batch to the target: rows to look up first (``recover``), then new ones."""
+    results = []
+    for recover in (False, True):
+        docs = [r["payload"] for r in rows if bool(r["recover"]) is recover]
+        if docs:
+            results += connector.push(operation, docs, recover=recover)
+    return results
+
+
+def _record(engine: Engine, run_id: str, rows: list[dict[str, Any]], sent: Future,
+            counts: dict[str, Any]) -> None:
+    """A sent batch's results, in one commit; the target's error (if any) is raised here."""
+    by_key = {r["idempotency_key"]: r for r in rows}
+    results = sent.result()
+    done = [(by_key[r.key]["id"], r.remote_id) for r in results if r.ok]
+    failed = [(by_key[r.key]["id"], r.error or "unknown error") for r in results if not r.ok]
+    # done: the run that confirmed it becomes the row's run (the rollback unit)
+    outbox.mark_results(engine, done, failed, run_id=run_id)
+    counts["done"] += len(done)
+    counts["failed"] += len(failed)
+    counts["recovered"] += sum(1 for r in rows if r["recover"])

@@ -139,3 +139,51 @@ def test_drain_sends_in_the_connectors_batches_and_marks_each_once(sqlite_engine
     # nothing left: the next drain builds no connector at all
     monkeypatch.setattr(flows.push, "build_connector", lambda target, cfg: pytest.fail("built"))
     assert drain(settings, sqlite_engine, RUN2, "kingdee", "sales_order")["done"] == 0
+
+
+class _FailsOnce(_Recorder):
+    """Confirms every doc, except that its second call fails (the target went away)."""
+
+    def push(self, operation, docs, recover=False):
+        if len(self.batches) == 1:
+            self.batches.append(([d["key"] for d in docs], "raised"))
+            raise RuntimeError("target went away")
+        return super().push(operation, docs, recover)
+
+
+def test_a_failed_send_mid_drain_loses_nothing_and_creates_nothing_twice(sqlite_engine,
+                                                                          monkeypatch):
+    """The drain sends one batch while it claims the next: when a send fails, the batches
+    claimed after it stay `sending` (or, already sent, get their results); after the lease,
+    the next drain finishes all of them, looking up every row that may have gone out."""
+    import flows.push
+
+    failing = _FailsOnce()
+    monkeypatch.setattr(flows.push, "build_connector", lambda target, cfg: failing)
+    settings = SimpleNamespace(connector_config=lambda target: {})
+    _queue(sqlite_engine, 7)
+    with pytest.raises(RuntimeError, match="target went away"):
+        drain(settings, sqlite_engine, RUN, "kingdee", "sales_order")
+    keys = [f"kingdee:sales_order:SO-{i}" for i in range(7)]
+    assert failing.batches[:2] == [(keys[0:2], False), (keys[2:4], "raised")]
+    with sqlite_engine.connect() as conn:
+        status = dict(conn.execute(select(outbox.outbox.c.business_key,
+                                          outbox.outbox.c.status)).all())
+    recorded = {k for b, how in failing.batches if how is False for k in b}
+    assert {f"kingdee:sales_order:{b}" for b, s in status.items() if s == "done"} == recorded
+    assert status["SO-2"] == status["SO-3"] == "sending"  # may have reached the target
+
+    _expire_leases(sqlite_engine)
+    recorder = _Recorder()
+    monkeypatch.setattr(flows.push, "build_connector", lambda target, cfg: recorder)
+    result = drain(settings, sqlite_engine, RUN2, "kingdee", "sales_order")
+    assert result["done"] == 7 - len(recorded)
+    created_before = [k for b, how in failing.batches if how is False for k in b]
+    created_now = [k for b, recover in recorder.batches if not recover for k in b]
+    looked_up = {k for b, recover in recorder.batches if recover for k in b}
+    assert {"kingdee:sales_order:SO-2", "kingdee:sales_order:SO-3"} <= looked_up
+    # no document created twice; every one created or looked up once in all
+    assert len(created_before + created_now) == len(set(created_before + created_now))
+    assert set(created_before) | set(created_now) | looked_up == set(keys)
+    with sqlite_engine.connect() as conn:
+        assert {s for (s,) in conn.execute(select(outbox.outbox.c.status))} == {"done"}
