@@ -16,8 +16,7 @@ id order, moves their states (set-based ``transition``, with the order_events) a
 owners (``owners.assign_owners``, round-robin in order id order): in id order, each of its
 chunks updates neighbouring order rows, not rows spread over the whole table. All of it is ONE
 transaction. The cyclic GC's automatic full collections are paused meanwhile (``paused_gc``):
-they cost a third of the stage. On SQLite the page cache is raised for the stage
-(``SQLITE_CACHE_KIB``).
+they cost a third of the stage.
 
 - An order is all-or-nothing within a run: if no rule can place one of its lines, nothing of it
   is written (it stays where it was, counted as ``unallocated``).
@@ -95,10 +94,6 @@ INSERT_COLUMNS = ("order_line_id", "warehouse", "qty", "status", "rule_id", "rul
 UPDATE_COLUMNS = ("warehouse", "qty", "status", "rule_id", "rule_inputs", "run_id")
 # marks of a placed order in the queue (bits): what the second pass does for it
 OWNER, TO_ALLOCATED, TO_BACKORDERED = 1, 2, 4
-# SQLite page cache during the stage, KiB (the default is 2 MiB): each chunk adds rows to index
-# pages all over the allocations indexes; with the default, every chunk reads them again (7 %
-# more CPU at TPC-H SF 0.1; 32 MiB: +35 MB peak memory)
-SQLITE_CACHE_KIB = 32768
 
 
 @dataclass
@@ -163,7 +158,7 @@ def allocate(
     """
     cfg = AllocationConfig.from_config(config)  # a config error surfaces before any lock is taken
     writes = _Writes()
-    with paused_gc(), begin_write(engine) as conn, _page_cache(conn):
+    with paused_gc(), begin_write(engine) as conn:
         queue_ids = (select(orders.c.id)
                      .outerjoin(customers, customers.c.id == orders.c.customer_id)
                      .where(orders.c.status.in_(TAKES)))
@@ -212,21 +207,6 @@ def allocate(
             for marked in queue.flagged(chunk_size):
                 writes.owners_assigned += _settle(conn, marked, cfg.owners, run_id)
     return _counts(writes)
-
-
-@contextmanager
-def _page_cache(conn: Connection) -> Iterator[None]:
-    """SQLite: a page cache of ``SQLITE_CACHE_KIB`` for the stage (a connection setting, given
-    back afterwards); nothing elsewhere."""
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-    conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
 
 
 def priority_order(priority: Sequence[PriorityKey]) -> list[Any]:

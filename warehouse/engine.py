@@ -53,6 +53,10 @@ from sqlalchemy.sql.expression import TableClause
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# SQLite page cache per connection, KiB (SQLite's default is 2 MiB): a stage's chunks add rows
+# to index pages all over a big table; with the default every chunk reads them again (7 % more
+# CPU in allocation, 8 % in invoicing at TPC-H SF 0.1). It fills only as pages are read.
+SQLITE_CACHE_KIB = 32768
 # Execution option: BEGIN IMMEDIATE on SQLite (see begin_write).
 _IMMEDIATE = "orderhub_sqlite_immediate"
 
@@ -134,6 +138,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")

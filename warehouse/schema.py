@@ -614,7 +614,6 @@ kpi_daily = Table(
 Index("ix_order_lines_order", order_lines.c.order_id)
 # 0005k: a run's events by run_id (warehouse/kpis.py, metrics.py)
 Index("ix_order_events_run_id", order_events.c.run_id)
-Index("ix_allocations_line", allocations.c.order_line_id)
 Index("ix_payments_reference", payments.c.reference)
 Index("ix_payment_matches_invoice", payment_matches.c.invoice_id)
 # "are this order's pushes all done?" is asked per order: without it that is a scan per order
