@@ -611,7 +611,6 @@ kpi_daily = Table(
     UniqueConstraint("day", "source", "metric", name="uq_kpi_daily_key"),
 )
 
-Index("ix_order_lines_order", order_lines.c.order_id)
 # 0005k: a run's events by run_id (warehouse/kpis.py, metrics.py)
 Index("ix_order_events_run_id", order_events.c.run_id)
 Index("ix_payments_reference", payments.c.reference)
