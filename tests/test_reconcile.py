@@ -289,6 +289,38 @@ def test_each_tier(engine):
     assert rows[("A3", "INV-3")].inputs == {"open": "55.55", "customer": None, "reference": "garbled"}
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 50_000])
+def test_written_chunk_by_chunk_as_in_one_piece(engine, monkeypatch, chunk):
+    """_sync compares and writes a range of keys at a time: inserts, updates and deletes land
+    the same whatever the chunk, including stored rows between and after the chunks' ranges."""
+    import warehouse.reconcile as rec
+
+    monkeypatch.setattr(rec, "SYNC_CHUNK", chunk)
+    seed(engine, [("INV-1", "100.00"), ("INV-2", "80.00", {"customer": "C2"}),
+                  ("INV-3", "30.00"), ("INV-4", "40.00")],
+         [pay("A1", "INV-1", "60.00"), pay("A2", None, "80.00", customer="C2"),
+          pay("A3", "INV-3", "30.00"), pay("A4", "INV-4", "10.00")])
+    first = reconcile(engine, RUN, TOL)
+    assert (first["matched"], first["changed"], first["payments_changed"]) == (4, 4, 4)
+    # a second 80.00 invoice of C2: A2's match goes (delete); a payment for INV-1 (insert,
+    # update of INV-1's row)
+    with engine.begin() as conn:
+        add_invoice(conn, "INV-5", "#5", "80.00", source="s9", customer="C2")
+        add_payments(conn, [pay("A5", "INV-1", "40.00", at=T0 + DAY)])
+    second = reconcile(engine, RUN2, TOL)
+    assert (second["matched"], second["rematched"], second["changed"],
+            second["payments_changed"]) == (1, 1, 3, 2)
+    matches, pays, invs = outcome(engine)
+    assert set(matches) == {("A1", "INV-1"), ("A3", "INV-3"), ("A4", "INV-4"), ("A5", "INV-1")}
+    assert pays["A2"] == ("unapplied", D("0.00"), D("80.00"))
+    assert {no: v[4] for no, v in invs.items()} == {
+        "INV-1": "paid", "INV-2": "open", "INV-3": "paid", "INV-4": "part_paid", "INV-5": "open"}
+    before = _snapshot(engine)
+    again = reconcile(engine, RUN2, TOL)
+    assert (again["matched"], again["rematched"], again["changed"]) == (0, 0, 0)
+    assert _snapshot(engine) == before
+
+
 def test_tiers_are_declared_not_coded(engine):
     seed(engine, [("INV-2", "80.00", {"customer": "C2"})], [pay("A2", None, "80.00", customer="C2")])
     reconcile(engine, RUN, TOL, ReconcileRules(match_order=("by_reference",)))
