@@ -66,7 +66,7 @@ def drain(settings: Settings, engine: Engine, run_id: str, target: str, operatio
 
 
 def _send(connector: Any, operation: str, rows: list[dict[str, Any]]) -> list[Any]:
-    """One claimed batch to the target: rows to look up first (``recover``), then new ones."""
+    """One claimed batch to the target: the new rows, then those to look up first (``recover``)."""
     results = []
     for recover in (False, True):
         docs = [r["payload"] for r in rows if bool(r["recover"]) is recover]

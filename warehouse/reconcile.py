@@ -111,25 +111,46 @@ def _sync(conn: Connection, table: Table, key: Sequence[str], cols: Sequence[str
     stored = select(*(table.c[k] for k in key), *(table.c[c] for c in cols),
                     *([table.c.id] if by_id else []))
     counts = [0, 0, 0]
-    after = None  # the last chunk's highest first-key value: the next range starts above it
-    for part in _key_chunks(wanted, chunk or SYNC_CHUNK, n_key):
+
+    def sync_range(part: list[tuple[tuple[Any, ...], tuple[Any, ...]]], *where: Any) -> None:
+        have: dict[tuple[Any, ...], tuple[Any, ...]] = {
+            tuple(r[:n_key]): tuple(r[n_key:])  # the values of cols, then the id when by_id
+            for r in conn.execute(stored.where(*where))
+        }
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        for k, values in part:
+            now = have.pop(k, None)
+            if now is None:
+                inserts.append((*k, *values, run_id))
+            elif now[:n_cols] != values:
+                updates.append((now[n_cols] if by_id else k[0], *values, run_id))
+        gone = list(have) if delete_missing else []  # what is left of the range is not wanted
+        if gone:
+            if by_id:
+                conn.execute(delete(table).where(in_values(
+                    table.c.id, [have[k][n_cols] for k in gone], dialect)))
+            else:
+                conn.execute(delete(table).where(in_values(
+                    table.c[key[0]], [k[0] for k in gone], dialect)))
+        update_rows(conn, table, "id" if by_id else key[0], (*cols, "run_id"), updates)
+        insert_rows(conn, table, (*key, *cols, "run_id"), inserts)
+        counts[0] += len(inserts)
+        counts[1] += len(updates)
+        counts[2] += len(gone)
+
+    above: list[Any] = []  # the next range starts above the last chunk's highest first key
+    for part in _key_chunks(wanted, chunk or SYNC_CHUNK):
         top = part[-1][0][0]
-        upto = [first <= top] if top is not None else []
-        _sync_range(conn, table, key, cols, part, stored.where(*_above(first, after), *upto),
-                    run_id, delete_missing, counts, by_id, n_key, n_cols, dialect)
-        after = top
+        sync_range(part, *above, first <= top)
+        above = [first > top]
     if delete_missing:  # stored rows above the last wanted key (all of them, with none wanted)
-        _sync_range(conn, table, key, cols, [], stored.where(*_above(first, after)), run_id,
-                    True, counts, by_id, n_key, n_cols, dialect)
+        sync_range([], *above)
     return counts[0], counts[1], counts[2]
 
 
-def _above(column: Any, after: Any) -> list[Any]:
-    return [] if after is None else [column > after]
-
-
-def _key_chunks(wanted: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]], size: int,
-                n_key: int) -> Iterable[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
+def _key_chunks(wanted: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]], size: int
+                ) -> Iterable[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
     """``wanted`` in lists of about ``size`` pairs, never splitting one first-key value over
     two lists (the table is read by ranges of it); a repeated key keeps its last values."""
     part: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
@@ -143,37 +164,6 @@ def _key_chunks(wanted: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]], size:
         part.append((k, values))
     if part:
         yield part
-
-
-def _sync_range(conn: Connection, table: Table, key: Sequence[str], cols: Sequence[str],
-                part: list[tuple[tuple[Any, ...], tuple[Any, ...]]], stored: Any, run_id: str,
-                delete_missing: bool, counts: list[int], by_id: bool, n_key: int, n_cols: int,
-                dialect: str) -> None:
-    have: dict[tuple[Any, ...], tuple[Any, ...]] = {
-        tuple(r[:n_key]): tuple(r[n_key:])  # the values of cols, then the id when by_id
-        for r in conn.execute(stored)
-    }
-    inserts: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    for k, values in part:
-        now = have.pop(k, None)
-        if now is None:
-            inserts.append((*k, *values, run_id))
-        elif now[:n_cols] != values:
-            updates.append((now[n_cols] if by_id else k[0], *values, run_id))
-    gone = list(have) if delete_missing else []  # what is left of the range is not wanted
-    if gone:
-        if by_id:
-            conn.execute(delete(table).where(in_values(table.c.id, [have[k][n_cols] for k in gone],
-                                                       dialect)))
-        else:
-            conn.execute(delete(table).where(in_values(table.c[key[0]], [k[0] for k in gone],
-                                                       dialect)))
-    update_rows(conn, table, "id" if by_id else key[0], (*cols, "run_id"), updates)
-    insert_rows(conn, table, (*key, *cols, "run_id"), inserts)
-    counts[0] += len(inserts)
-    counts[1] += len(updates)
-    counts[2] += len(gone)
 
 
 # wanted rows: (key tuple, values in MATCH_COLS / INVOICE_COLS / PAYMENT_COLS order), sorted by
