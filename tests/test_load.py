@@ -4,6 +4,7 @@ and landing (invariants 1, 2, 4, 6, 8)."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -254,6 +255,35 @@ def test_transition_refuses_and_writes_nothing(engine: Engine) -> None:
     assert f"orders {ids['2']}, {ids['3']}" in message
     assert "unknown order ids: 999999" in message
     assert snapshot(engine) == before
+
+
+def test_transition_locks_what_it_counted_on_postgresql(pg_engine: Engine) -> None:
+    """Two transitions of the same order at once: the second waits for the first's lock, then
+    finds the order moved and refuses: never two events from one state."""
+    land(pg_engine, RUN1, "orders", [order("1")])
+    oid = _ids(pg_engine)["1"]
+    outcome: list[str] = []
+    with pg_engine.begin() as first:
+        transition(first, [oid], "validated", RUN1, "first")
+
+        def second() -> None:
+            try:
+                with pg_engine.begin() as conn:
+                    transition(conn, [oid], "quarantined", RUN2, "second")
+                outcome.append("moved")
+            except TransitionError as exc:
+                outcome.append(str(exc))
+
+        worker = threading.Thread(target=second)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive(), "the second transition must wait for the first's row lock"
+    worker.join(10)
+    assert len(outcome) == 1 and "validated (validated cannot become quarantined" in outcome[0]
+    assert statuses(pg_engine) == {"1": "validated"}
+    events = rows(pg_engine, select(s.order_events.c.from_state, s.order_events.c.to_state)
+                  .where(s.order_events.c.order_id == oid).order_by(s.order_events.c.id))
+    assert events == [(None, "captured"), ("captured", "validated")]
 
 
 # ---------------------------------------------------------------------------------- hashing

@@ -45,14 +45,14 @@ def transition(
         return 0
     chosen = in_values(orders.c.id, ids, dialect)
 
+    states = select(orders.c.status).where(chosen)
     if dialect == "postgresql":
-        # Lock the rows (in id order, so two concurrent transitions cannot deadlock): the
-        # states validated below must still be the states the UPDATE overwrites.
-        conn.execute(select(orders.c.id).where(chosen).order_by(orders.c.id).with_for_update())
-
-    by_state = dict(
-        conn.execute(select(orders.c.status, func.count()).where(chosen).group_by(orders.c.status)).all()
-    )
+        # Lock the rows (in id order, so two concurrent transitions cannot deadlock) as they
+        # are counted: the states validated below must still be the states the UPDATE
+        # overwrites. One pass, not a locking read and then a counting one.
+        states = states.order_by(orders.c.id).with_for_update()
+    locked = states.subquery("locked")
+    by_state = dict(conn.execute(select(locked.c.status, func.count()).group_by(locked.c.status)).all())
     refused = {state: why for state in by_state if (why := can_transition(state, target))}
     found = sum(by_state.values())
     if refused or found != len(ids):
