@@ -237,14 +237,16 @@ def _notify(settings: Settings, engine: Engine, rid: str) -> int:
     return drain_task(settings, engine, rid, n.sink, "notification")["done"]
 
 
-def run_reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> dict:
-    """Pull payments and match them to invoices; refresh the reconciled tables and exports."""
+def run_reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
+                  export: bool = True) -> dict:
+    """Pull payments and match them to invoices; refresh the reconciled tables and (unless
+    ``export`` is false: order_to_cash runs them beside its KPIs) the Parquet exports."""
     with _stage(config_path, "reconcile", run_id) as (settings, engine, rid, io):
         pulled = [pull_task(settings, engine, rid, source, "payments")
                   for source in settings.sources_with_role("payments")]
         result = _reconcile(settings, engine, rid)
         alerts.alert_unmatched_payments(settings, engine, rid)
-        files = _export(settings, engine, rid)
+        files = _export(settings, engine, rid) if export else []
         io["inputs"] += [dataset(s["source"], "payments") for s in pulled]
         io["inputs"].append(dataset(_wh(settings), "invoices"))
         io["outputs"] += [dataset(_wh(settings), "reconciliation"),
@@ -252,6 +254,22 @@ def run_reconcile(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) 
         progress("reconcile: %s", ", ".join(f"{k} {v}" for k, v in result.items()
                                              if not isinstance(v, dict)))
         return {"pulled": pulled, **result, "exports": [str(f) for f in files]}
+
+
+def run_export(config_path: str = DEFAULT_CONFIG, run_id: str | None = None) -> list[str]:
+    """The finance Parquet exports of the reconciled tables (skipped when nothing changed)."""
+    with _stage(config_path, "export", run_id) as (settings, engine, rid, io):
+        files = _export(settings, engine, rid)
+        io["inputs"] += [dataset(_wh(settings), t) for t in EXPORT_INPUTS]
+        io["outputs"] += [dataset("file", str(f)) for f in files]
+        return [str(f) for f in files]
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(config_path: str, run_id: str) -> dict[str, Any]:
+    started = time.monotonic()
+    files = run_export(config_path, run_id)
+    return {"files": files, "seconds": round(time.monotonic() - started, 2)}
 
 
 # What reconcile and the exports read; when no run has written here since their last pass (and
@@ -348,15 +366,28 @@ def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
         for name, stage in STAGE_BODIES:
             t0 = time.monotonic()
             progress("%s ...", name)
-            stages[name] = stage(config_path, rid)
+            # the reconcile stage without its exports: they run beside the KPIs, below
+            stages[name] = stage(config_path, rid, **({"export": False} if name == "reconcile"
+                                                      else {}))
             stages.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 2)
-        summary = run_summary(settings, engine, rid, stages)
-        t0 = time.monotonic()
-        summary.update(_kpis(settings, engine, rid))
-        stages["seconds"]["kpis"] = round(time.monotonic() - t0, 2)
-        t0 = time.monotonic()
-        summary["report"] = str(_write_report(settings, engine, rid, summary["kpis"]))
-        stages["seconds"]["report"] = round(time.monotonic() - t0, 2)
+        # The Parquet exports only read what the stages wrote, on a connection of their own:
+        # in a thread beside the summary, KPIs and report (on PostgreSQL the server does most
+        # of their work), not after them.
+        exported = export_task.submit(config_path, rid)
+        try:
+            summary = run_summary(settings, engine, rid, stages)
+            t0 = time.monotonic()
+            summary.update(_kpis(settings, engine, rid))
+            stages["seconds"]["kpis"] = round(time.monotonic() - t0, 2)
+            t0 = time.monotonic()
+            summary["report"] = str(_write_report(settings, engine, rid, summary["kpis"]))
+            stages["seconds"]["report"] = round(time.monotonic() - t0, 2)
+        finally:
+            done = exported.result(raise_on_failure=False)  # never leave it running
+        if isinstance(done, BaseException):
+            raise done
+        stages["reconcile"]["exports"] = done["files"]
+        stages["seconds"]["export"] = done["seconds"]  # beside kpis and report, not after
         summary["seconds"] = round(time.monotonic() - started, 2)
         summary["lineage"] = str(lineage.path)
     except Exception as exc:

@@ -63,6 +63,7 @@ def _e2e(harness, dataset, tmp_path, url) -> None:
         assert first["records"]["in"] == sum(len(v) for v in dataset.orders.values())
         assert Path(first["report"]).is_file()
         assert Path(first["lineage"]).is_file()
+        _check_exports(engine, first)
         before = _snapshot(engine)
         creates = dict(sandbox.apps["shopify"].creates) | dict(sandbox.apps["kingdee"].creates)
 
@@ -78,6 +79,32 @@ def _e2e(harness, dataset, tmp_path, url) -> None:
         rec = second["records"]
         assert rec["loaded"] == rec["quarantined"] == rec["rejected"] == 0
     engine.dispose()
+
+
+def _check_exports(engine, summary: dict) -> None:
+    """The exports (run beside the KPIs) finished: every file there, as many rows as its table,
+    and the lineage has their job, completed under the parent run, with the files as outputs."""
+    import json
+
+    import pyarrow.parquet as pq
+    from sqlalchemy import func, select
+
+    from warehouse import schema
+
+    files = [Path(f) for f in summary["stages"]["reconcile"]["exports"]]
+    assert files and all(f.is_file() for f in files)
+    with engine.connect() as conn:
+        for f in files:
+            if f.stem in schema.metadata.tables:
+                table = schema.metadata.tables[f.stem]
+                stored = conn.execute(select(func.count()).select_from(table)).scalar_one()
+                assert pq.ParquetFile(f).metadata.num_rows == stored, f.stem
+    events = [json.loads(line) for line in Path(summary["lineage"]).read_text().splitlines()]
+    done = [e for e in events if e["job"]["name"] == "export" and e["eventType"] == "COMPLETE"]
+    assert len(done) == 1
+    assert done[0]["run"]["facets"]["parent"]["run"]["runId"] == summary["run_id"]
+    assert sorted(o["name"] for o in done[0]["outputs"]) == sorted(str(f) for f in files)
+    assert summary["stages"]["seconds"]["export"] >= 0
 
 
 def test_order_to_cash_sqlite(harness, dataset, tmp_path):
