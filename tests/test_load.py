@@ -533,20 +533,31 @@ def test_every_written_row_carries_its_run_id(engine: Engine) -> None:
                 assert got == {RUN1}, table.name
 
 
-def test_resolve_customers_by_code_else_email(engine: Engine) -> None:
-    cust = [{"external_id": c, "code": c, "name": c, "email": e, "region": "east",
+def _customers(*pairs: tuple[str, str | None]) -> list[dict]:
+    return [{"external_id": c, "code": c, "name": c, "email": e, "region": "east",
              "customer_group": None, "credit_limit": None, "currency": "CNY", "updated_at": T0}
-            for c, e in [("C1", "one@x.com"), ("C2", "Two@X.com"), ("C3", "dup@x.com"),
-                         ("C4", "DUP@x.com")]]
-    land(engine, RUN1, "customers", cust, source="crm")
+            for c, e in pairs]
+
+
+def test_resolve_customers_by_code_else_email(engine: Engine) -> None:
+    land(engine, RUN1, "customers", _customers(("C1", "one@x.com"), ("C2", "Two@X.com"),
+                                               ("C3", "dup@x.com"), ("C4", "DUP@x.com")),
+         source="crm")
     land(engine, RUN1, "orders", [
         order("a", customer_code="C1", customer_email="two@x.com"),  # code wins
         order("b", customer_code=None, customer_email="two@x.COM"),  # e-mail, any case
         order("c", customer_code="C9", customer_email="one@x.com"),  # unknown code: e-mail
         order("d", customer_code=None, customer_email="dup@x.com"),  # ambiguous: left alone
         order("e", customer_code=None, customer_email=None),
-        order("f", customer_code="C2"),
+        order("f", customer_code="C5"),  # its customer comes after it
+        order("g", customer_code="C5"),
     ])
+    cid = dict(rows(engine, select(s.customers.c.code, s.customers.c.id)))
+    got = dict(rows(engine, select(s.orders.c.external_id, s.orders.c.customer_id)))
+    # a code the warehouse holds is resolved as the order lands; the rest waits for the gate
+    assert got == {"a": cid["C1"], "b": None, "c": None, "d": None, "e": None, "f": None,
+                   "g": None}
+    land(engine, RUN1, "customers", _customers(("C5", None)), source="crm")
     ids = _ids(engine)
     with engine.begin() as conn:
         transition(conn, [ids["f"]], "quarantined", RUN1, None)  # only captured are resolved
@@ -554,10 +565,14 @@ def test_resolve_customers_by_code_else_email(engine: Engine) -> None:
     cid = dict(rows(engine, select(s.customers.c.code, s.customers.c.id)))
     got = dict(rows(engine, select(s.orders.c.external_id, s.orders.c.customer_id)))
     assert got == {"a": cid["C1"], "b": cid["C2"], "c": cid["C1"], "d": None, "e": None,
-                   "f": None}
+                   "f": None, "g": cid["C5"]}
     assert rows(engine, select(s.orders.c.run_id).where(s.orders.c.external_id == "b")) == [
         (RUN2,)]
     assert load.resolve_customers(engine, RUN2) == 0  # idempotent
+    # an amended order is resolved again by its new code as it lands
+    land(engine, RUN2, "orders", [order("g", customer_code="C2", updated=T0 + timedelta(hours=1))])
+    got = dict(rows(engine, select(s.orders.c.external_id, s.orders.c.customer_id)))
+    assert got["g"] == cid["C2"]
 
 
 def test_landings_of_one_stream_take_turns_on_postgresql(engine: Engine) -> None:

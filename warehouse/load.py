@@ -875,8 +875,10 @@ _ORDER_COLUMNS = (
 _ORDER_UPDATE = tuple(c for c in _ORDER_COLUMNS if c not in ("source", "external_id", "captured_at"))
 
 
-def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> tuple:
-    """The orders row (``_ORDER_COLUMNS`` values) of a mapped order."""
+def _order_row(rec: dict, ext: str, batch: _Batch, chash: str, customer_id: int | None
+               ) -> tuple:
+    """The orders row (``_ORDER_COLUMNS`` values) of a mapped order; ``customer_id``: the
+    customer its code names, when the warehouse holds it already."""
     ordered_at = rec.get("ordered_at")
     if isinstance(ordered_at, datetime) and ordered_at.tzinfo is None:
         ordered_at = ordered_at.replace(tzinfo=UTC)
@@ -886,7 +888,7 @@ def _order_row(rec: dict, ext: str, batch: _Batch, chash: str) -> tuple:
         rec.get("order_no"),
         rec.get("customer_code"),
         rec.get("customer_email"),
-        None,  # customer_id: resolve_customers sets it (again, for an amended order)
+        customer_id,  # else resolve_customers sets it (by code or e-mail) before the gate
         ordered_at,
         rec.get("updated_at"),
         rec.get("currency"),
@@ -947,7 +949,15 @@ def _land_orders(
 
     if back_from_quarantine:
         transition(conn, back_from_quarantine, OrderState.CAPTURED, batch.run_id, "amended at source")
-    rows = [_order_row(rec, ext, batch, chash) for ext, rec, chash in new + reopened]
+    # the customers the orders' codes name, resolved as the rows are written: one lookup per
+    # batch instead of an UPDATE of every new order at the gate (resolve_customers then has
+    # only the codes not held yet and the e-mails left)
+    codes = list({c for _, rec, _ in new + reopened
+                  if isinstance(c := rec.get("customer_code"), str)})
+    by_code = dict(conn.execute(select(customers.c.code, customers.c.id).where(
+        in_values(customers.c.code, codes, conn.dialect.name))).all()) if codes else {}
+    rows = [_order_row(rec, ext, batch, chash, by_code.get(rec.get("customer_code")))
+            for ext, rec, chash in new + reopened]
     if reopened:
         _upsert(conn, orders, _ORDER_COLUMNS, rows, key=("source", "external_id"),
                 update_cols=_ORDER_UPDATE)
