@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -439,6 +440,73 @@ class IdQueue:
             .where(in_values(t.c.item_id, list(ids), self.conn.dialect.name)))
         self.conn.execute(add.on_conflict_do_update(index_elements=[m.c.item_id],
                                                     set_={"flag": add.excluded.flag}))
+
+
+_T = TypeVar("_T")
+
+
+class ConnectionWorker:
+    """Runs every job given to ``submit`` on one connection, one at a time, in the order
+    submitted, on a thread of its own: a stage builds the next batch's rows in Python while
+    the database works on the last one (the driver releases the GIL while it waits for the
+    server). ``threaded=False`` runs each job at once, in ``submit``: the same order and the
+    same errors, for a driver that gains nothing from the thread.
+
+    A SQLAlchemy Connection is not thread-safe: while the worker is open the caller must not
+    use the connection itself, only through jobs. After a job failed, later jobs raise its error
+    at once without touching the connection (a PostgreSQL transaction is then aborted anyway)."""
+
+    def __init__(self, conn: Connection, threaded: bool = True) -> None:
+        self.conn = conn
+        self._pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="orderhub-db")
+                      if threaded else None)
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[..., _T], *args: Any) -> Future[_T]:
+        """Run ``job(conn, *args)`` after every job submitted before it; its Future."""
+        if self._pool is not None:
+            return self._pool.submit(self._run, job, args)
+        done: Future[_T] = Future()
+        try:
+            done.set_result(self._run(job, args))
+        except BaseException as err:  # the caller gets it from result(), as from the thread
+            done.set_exception(err)
+        return done
+
+    def _run(self, job: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+        if self._error is not None:
+            # not run: the first failure again, so the caller sees what went wrong wherever
+            # it looks first (the next read's result, or the close)
+            raise self._error
+        try:
+            return job(self.conn, *args)
+        except BaseException as err:
+            self._error = err
+            raise
+
+    def close(self, failed: bool) -> None:
+        """Wait until no job runs. ``failed`` (the caller is unwinding): jobs not yet started
+        are dropped. Otherwise every job runs, and a job's failure is raised here (again, if it
+        was collected): the transaction must not be committed after it."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=failed)
+        if not failed and self._error is not None:
+            raise self._error
+
+
+@contextmanager
+def connection_worker(conn: Connection, threaded: bool = True) -> Iterator[ConnectionWorker]:
+    """A ``ConnectionWorker`` on ``conn`` for the block; on leaving it (also on an error) no job
+    runs any more, so the caller's transaction can be committed or rolled back safely. Needs a
+    connection other threads may use: PostgreSQL's is; SQLite's from ``make_engine`` is
+    (SQLAlchemy opens file databases with ``check_same_thread=False``, memory ones above)."""
+    worker = ConnectionWorker(conn, threaded)
+    try:
+        yield worker
+    except BaseException:
+        worker.close(failed=True)
+        raise
+    worker.close(failed=False)
 
 
 @contextmanager

@@ -29,7 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -53,15 +54,18 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.sql import Select
 
 from warehouse import freshness
 from warehouse.engine import (
     begin_write,
+    connection_worker,
     dialect_insert,
     id_queue,
     id_windows,
     in_values,
     insert_rows,
+    json_text,
 )
 from warehouse.money import quantize
 from warehouse.orders import transition
@@ -345,7 +349,9 @@ def create_invoices(engine: Engine, run_id: str,
     transaction: lock the company series, queue the pending orders in (ordered_at, id) order
     (``engine.id_queue``), then ``CHUNK`` orders at a time read them with their lines, tax the
     lines, number the invoices and insert invoices and lines; advance the series. A failure
-    writes nothing and consumes no number.
+    writes nothing and consumes no number. The statements run in order on a worker
+    (``engine.connection_worker``), on PostgreSQL on a thread of its own: the server reads the
+    next chunk and writes the last one while this thread builds the rows of this one.
 
     ``target`` (the configured ``invoice_target``): each new invoice's outbox row is written in
     the same transaction, built from the figures in hand — the key and document
@@ -386,22 +392,35 @@ def create_invoices(engine: Engine, run_id: str,
             conn.execute(select(func.pg_advisory_xact_lock(INVOICING_LOCK)))
         start = _lock_series(conn, run_id, [c.invoice_series for c in cfg.companies])
         last = dict(start)
-        # numbered in (ordered_at, id) order, CHUNK orders at a time: the database sorts once
-        with id_queue(conn, select(orders.c.id).where(ready), sequence) as queue:
-            for ids in queue.chunks(CHUNK):
-                # the chunk's orders and their lines, apart (an order's columns once, not once
-                # per line), taken in the queue's order
-                head = {r[0]: r for r in conn.execute(
-                    heads.where(in_values(orders.c.id, ids, conn.dialect.name)))}
-                found = {oid: [r[1:] for r in rows] for oid, rows in groupby(conn.execute(
-                    lines.where(in_values(order_lines.c.order_id, ids, conn.dialect.name))),
-                    key=itemgetter(0))}
-                chunk = [(head[i], found.get(i, [])) for i in ids]
-                docs, skipped, off = _invoice_docs(cfg, chunk, last, now, run_id)
+        # numbered in (ordered_at, id) order, CHUNK orders at a time: the database sorts once.
+        # Every statement is a job of the worker, run in order; this thread builds the rows.
+        # PostgreSQL: on the worker's thread, so chunk i is taxed and numbered while the server
+        # writes chunk i-1 and reads chunk i+1. SQLite: at once (no thread), as sqlite3 drops
+        # the GIL for every row it steps and then waits for this busy thread to give it back:
+        # measured slower than one after another.
+        threaded = conn.dialect.name == "postgresql"
+        with id_queue(conn, select(orders.c.id).where(ready), sequence) as queue, \
+                connection_worker(conn, threaded) as db:
+            chunks, new_ids = queue.chunks(CHUNK), _InvoiceIds()
+            reading = db.submit(_read_chunk, chunks, heads, lines, new_ids)
+            writing: Future[int] | None = None
+            while (chunk := reading.result()) is not None:
+                # the next chunk is read before this one is written: it is ready when needed
+                reading = db.submit(_read_chunk, chunks, heads, lines, new_ids)
+                docs, skipped, off = _invoice_docs(cfg, chunk.orders(), last, now, run_id)
                 unpriced += skipped
                 off_total += off
                 wanted += len(docs)
-                created += _insert_invoices(conn, docs, run_id, target, now, texts)
+                # ids in numbering order; fewer docs than orders leave the last ones unused
+                rows = [_ready(iid, d, run_id, target, now, texts)
+                        for iid, d in zip(chunk.invoice_ids, docs, strict=False)]
+                if writing is not None:
+                    # one write in flight, so memory holds about three chunks (read ahead,
+                    # being built, being written); a failure in it stops the run here
+                    created += writing.result()
+                writing = db.submit(_write_invoices, rows)
+            if writing is not None:
+                created += writing.result()
         _advance(conn, run_id, start, last)
         waiting = conn.execute(
             select(func.count()).select_from(orders).where(base, ~ready)).scalar_one()
@@ -485,42 +504,122 @@ def _key_no(source: str, order_no: str | None, external_id: str) -> str:
     return f"{source}-{(external_id if order_no is None else order_no).replace('#', '')}"
 
 
-def _insert_invoices(conn: Connection, docs: list[_NewInvoice], run_id: str,
-                     target: str | None, now: datetime, texts: _Texts) -> int:
-    """Insert the invoices that can land, their lines and (with ``target``) their outbox rows;
-    -> how many invoices. A number already taken (by an earlier invoice or earlier in the
-    chunk) skips its invoice; a company number that cannot land fails the transaction."""
-    if not docs:
-        return 0
+def _read_chunk(conn: Connection, chunks: Iterator[list[int]], heads: Select[Any],
+                lines: Select[Any], new_ids: _InvoiceIds) -> _Chunk | None:
+    """A worker job: the queue's next chunk of orders (the queue's pages are read on the
+    connection too) with their lines, and as many unused invoice ids; None when there are no
+    more."""
+    ids = next(chunks, None)
+    if ids is None:
+        return None
     dialect = conn.dialect.name
+    # the orders and their lines apart (an order's columns once, not once per line); all():
+    # the driver's fetchall, not a fetch per row
+    return _Chunk(ids, conn.execute(heads.where(in_values(orders.c.id, ids, dialect))).all(),
+                  conn.execute(lines.where(in_values(order_lines.c.order_id, ids,
+                                                     dialect))).all(),
+                  new_ids.take(conn, len(ids)))
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """What _read_chunk read: the order ids in queue order, their orders, their lines (by
+    order, line_no) and an unused invoice id for each order, ascending."""
+
+    ids: list[int]
+    heads: list[Any]
+    lines: list[Any]
+    invoice_ids: list[int]
+
+    def orders(self) -> list[tuple[Any, list[Any]]]:
+        """(order, its lines (line_no, sku, qty, unit_price)) in queue order."""
+        head = {r[0]: r for r in self.heads}
+        found = {oid: [r[1:] for r in rows]
+                 for oid, rows in groupby(self.lines, key=itemgetter(0))}
+        return [(head[i], found.get(i, [])) for i in self.ids]
+
+
+class _InvoiceIds:
+    """Unused invoice ids, ascending, taken ahead by the read jobs: each chunk's rows are built
+    whole (the lines carry their invoice's id) and nothing is read back. An id not used (an
+    order not invoiced) is a gap, as a rolled-back insert leaves one.
+
+    PostgreSQL: from the id column's sequence. SQLite: counting on from the largest id, as
+    SQLite itself gives a rowid (the column is no AUTOINCREMENT): the transaction holds the
+    write lock (BEGIN IMMEDIATE) and only this one inserts invoices."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+
+    def take(self, conn: Connection, n: int) -> list[int]:
+        if conn.dialect.name == "postgresql":
+            # the sequence found once (a subquery), not once per id (the lookup scans
+            # pg_depend); one array, not a row per id
+            seq = select(func.pg_get_serial_sequence(invoices.name, invoices.c.id.name))
+            taken = conn.scalar(select(func.array_agg(func.nextval(seq.scalar_subquery())))
+                                .select_from(func.generate_series(1, n)))
+            return sorted(taken)
+        if self._next is None:
+            self._next = conn.scalar(select(func.coalesce(func.max(invoices.c.id), 0))) + 1
+        first, self._next = self._next, self._next + n
+        return list(range(first, first + n))
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A new invoice's rows as they are inserted: ``invoices`` ("id", *INVOICE_COLUMNS),
+    ``invoice_lines`` (LINE_COLUMNS) and its outbox row (None without a target)."""
+
+    number: str
+    company: str | None
+    invoice: tuple[Any, ...]
+    lines: list[tuple[Any, ...]]
+    outbox: dict[str, Any] | None
+
+
+def _ready(iid: int, d: _NewInvoice, run_id: str, target: str | None, now: datetime,
+           texts: _Texts) -> _Ready:
+    queued = None
+    if target is not None:
+        queued = _new_invoice_row(d, run_id, target, now, texts)
+        # the document's JSON text made here, not by the insert on the worker: the same text
+        queued["payload"] = json_text(queued["payload"])
+    return _Ready(d.row[0], d.row[10], (iid, *d.row),
+                  [(iid, line_no, sku, qty, price, t.net, t.rate, t.tax, t.gross, t.rule, run_id)
+                   for (line_no, sku, qty, price), t in zip(d.lines, d.taxed, strict=True)],
+                  queued)
+
+
+def _write_invoices(conn: Connection, chunk: list[_Ready]) -> int:
+    """Insert the invoices that can land, their lines and outbox rows; -> how many invoices.
+    A worker job: ``taken`` sees every earlier chunk's invoices. A number already taken (by an
+    earlier invoice or earlier in the chunk) skips its invoice; a company number that cannot
+    land fails the transaction."""
+    if not chunk:
+        return 0
     taken = set(conn.scalars(select(invoices.c.invoice_no).where(
-        in_values(invoices.c.invoice_no, [d.row[0] for d in docs], dialect))))
-    keep: list[_NewInvoice] = []
-    for d in docs:
-        number = d.row[0]
-        if number in taken:
-            if d.row[10] is not None:
+        in_values(invoices.c.invoice_no, [r.number for r in chunk], conn.dialect.name))).all())
+    keep: list[_Ready] = []
+    for r in chunk:
+        if r.number in taken:
+            if r.company is not None:
                 # a sequence number that does not land would leave a gap: undo the whole
                 # transaction
-                raise InvoicingError(f"invoicing: {number} could not be inserted (number or "
+                raise InvoicingError(f"invoicing: {r.number} could not be inserted (number or "
                                      "order already invoiced); nothing written, no number "
                                      "consumed")
             continue
-        taken.add(number)
-        keep.append(d)
+        taken.add(r.number)
+        keep.append(r)
     if not keep:
         return 0
     # the orders are not invoiced (the queue's condition) and no other transaction invoices
     # meanwhile (the locks above): a plain insert, the driver's fastest (COPY on PostgreSQL)
-    insert_rows(conn, invoices, INVOICE_COLUMNS, [d.row for d in keep])
-    ids = dict(conn.execute(select(invoices.c.order_id, invoices.c.id).where(
-        in_values(invoices.c.order_id, [d.row[1] for d in keep], dialect))).all())
-    insert_rows(conn, invoice_lines, LINE_COLUMNS, [
-        (iid, line_no, sku, qty, price, t.net, t.rate, t.tax, t.gross, t.rule, run_id)
-        for d in keep for iid in (ids[d.row[1]],)
-        for (line_no, sku, qty, price), t in zip(d.lines, d.taxed, strict=True)])
-    if target is not None:
-        _insert_new(conn, [_new_invoice_row(d, run_id, target, now, texts) for d in keep])
+    insert_rows(conn, invoices, ("id", *INVOICE_COLUMNS), [r.invoice for r in keep])
+    insert_rows(conn, invoice_lines, LINE_COLUMNS, [line for r in keep for line in r.lines])
+    queued = [r.outbox for r in keep if r.outbox is not None]
+    if queued:
+        _insert_new(conn, queued)
     return len(keep)
 
 
@@ -627,10 +726,13 @@ def enqueue_invoices(engine: Engine, run_id: str, target: str,
     )
     added = 0
     with begin_write(engine) as conn:
-        for lo, hi in id_windows(conn, invoices.c.id, CHUNK):  # bounded memory
-            heads = conn.execute(q.where(invoices.c.id > lo, invoices.c.id <= hi)).all()
-            if heads:
-                added += _insert_new(conn, _invoice_rows(conn, heads, run_id, target))
+        # after create_invoices given the target there is mostly nothing to queue: one
+        # anti-join says so in a fraction of the time the windows take to probe every invoice
+        if conn.execute(select(exists(q.order_by(None)))).scalar():
+            for lo, hi in id_windows(conn, invoices.c.id, CHUNK):  # bounded memory
+                heads = conn.execute(q.where(invoices.c.id > lo, invoices.c.id <= hi)).all()
+                if heads:
+                    added += _insert_new(conn, _invoice_rows(conn, heads, run_id, target))
     freshness.mark(engine, stage, run_id, started, scope,
                    {"newest_invoice": newest, "queued": added})
     return added
