@@ -177,6 +177,33 @@ def test_allocate_exact_outcome_then_rerun_allocates_nothing(engine, seeded):
     assert state(engine) == before
 
 
+def test_a_chunk_that_fails_to_write_leaves_nothing_written(engine, seeded, monkeypatch):
+    """Chunks of one order, written on the database thread while the next is planned: the
+    second chunk's write fails -> the error as raised, nothing of the first chunk kept, no
+    thread left behind; then a run allocates exactly as if nothing had happened."""
+    import threading
+
+    from warehouse import allocate as allocate_mod
+
+    real_write, calls = allocate_mod._write, []
+
+    def failing(conn, w):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full while writing chunk 2")
+        real_write(conn, w)
+
+    before = state(engine)
+    threads = threading.active_count()
+    monkeypatch.setattr(allocate_mod, "_write", failing)
+    with pytest.raises(OSError, match="disk full while writing chunk 2"):
+        allocate(engine, RUN, RULES, chunk_size=1)
+    assert state(engine) == before
+    assert threading.active_count() == threads
+    monkeypatch.setattr(allocate_mod, "_write", real_write)
+    assert allocate(engine, RUN, RULES, chunk_size=1)["allocated"] == 2
+
+
 def test_backordered_lines_are_allocated_when_stock_arrives(engine, seeded):
     o = seeded
     allocate(engine, RUN, RULES)

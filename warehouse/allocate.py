@@ -63,6 +63,7 @@ from warehouse.allocation_rules import (
 from warehouse.engine import (
     IdQueue,
     begin_write,
+    connection_worker,
     id_queue,
     in_values,
     insert_rows,
@@ -172,30 +173,36 @@ def allocate(
             # difference (what its rows hold: the planner takes exactly the placed quantities)
             regions: dict[str, str | None] = {}
             views = Warehouses()  # per sku, worked out once for all chunks
-            for ids in queue.chunks(chunk_size):
-                work, held = _fetch_work(conn, TAKES, lock=True, ids=ids)
-                if not work:
-                    continue
-                skus = {ln.sku for o in work for ln in o.lines if ln.sku is not None}
-                new = sorted(skus - stock_left.keys())
-                if new:
-                    more, more_regions = _fetch_stock(conn, TAKES, lock=False, skus=new)
+            # The database work runs on a worker thread, the planning here: chunk N+1 is read
+            # while chunk N is planned, and chunk N is written while N+1 is planned. The read
+            # of N+1 goes before the write of N: it reads other orders' rows, and stock, which
+            # no chunk writes (the reservations are written once, at the end).
+            # (on SQLite the jobs run in turn: its driver gains nothing from a thread, see
+            # connection_worker)
+            with connection_worker(conn, threaded=conn.dialect.name == "postgresql") as db:
+                chunks = queue.chunks(chunk_size)
+                met: set[str] = set()  # skus whose stock a read already asked for
+                reading = db.submit(_read_chunk, chunks, met)
+                while (got := reading.result()) is not None:
+                    reading = db.submit(_read_chunk, chunks, met)
+                    work, held, new, (more, more_regions) = got
+                    if not work:
+                        continue
                     for sku in new:
                         stock_read[sku] = by_wh = more.get(sku, {})
                         stock_left[sku] = dict(by_wh)
                     regions.update(more_regions)
-                # the placed orders take what they reserved from stock_left itself (in the
-                # stock table below)
-                plans = plan_orders(work, stock_left, regions, cfg, views, consume=True)
-                chunk = _Writes()
-                for plan in plans:
-                    _plan_writes(chunk, plan, held, run_id)
-                _resolve_merges(conn, chunk, run_id)
-                _write(conn, chunk)
-                writes.add_counts(chunk)
-                _mark(queue, chunk, plans if cfg.owners is not None else ())
-                del work, held, plans, chunk
-                gc.collect(1)  # this chunk's cyclic garbage, if any: the young generations only
+                    # the placed orders take what they reserved from stock_left itself (in the
+                    # stock table below)
+                    plans = plan_orders(work, stock_left, regions, cfg, views, consume=True)
+                    chunk = _Writes()
+                    for plan in plans:
+                        _plan_writes(chunk, plan, held, run_id)
+                    owned = plans if cfg.owners is not None else ()
+                    db.submit(_write_chunk, chunk, queue, owned, run_id)
+                    writes.add_counts(chunk)
+                    del work, held, plans, chunk, owned, got
+                    gc.collect(1)  # this chunk's cyclic garbage, if any: the young generations
             # once for the whole run, not per chunk: a stock row in play is updated once, however
             # many chunks took from it. Safe: a later chunk reads from the table only the stock
             # of skus no earlier chunk met (what it reserved is in stock_left already)
@@ -236,6 +243,29 @@ def _counts(w: _Writes) -> dict[str, Any]:
 
 
 # --- read ---------------------------------------------------------------------------------------
+
+
+def _read_chunk(conn: Connection, chunks: Iterator[list[int]], met: set[str]
+                ) -> tuple[list[OrderIn], dict[int, _Held], list[str],
+                           tuple[dict[str, dict[str, Decimal]], dict[str, str | None]]] | None:
+    """The next chunk of the queue: its work, and the stock of its skus no earlier chunk met
+    (added to ``met``); None at the end of the queue."""
+    ids = next(chunks, None)
+    if ids is None:
+        return None
+    work, held = _fetch_work(conn, TAKES, lock=True, ids=ids)
+    new = sorted({ln.sku for o in work for ln in o.lines if ln.sku is not None} - met)
+    met.update(new)
+    stock_rows = _fetch_stock(conn, TAKES, lock=False, skus=new) if new else ({}, {})
+    return work, held, new, stock_rows
+
+
+def _write_chunk(conn: Connection, chunk: _Writes, queue: IdQueue,
+                 plans: Sequence[OrderPlan], run_id: str) -> None:
+    """A planned chunk's rows, and its orders' marks for the second pass."""
+    _resolve_merges(conn, chunk, run_id)
+    _write(conn, chunk)
+    _mark(queue, chunk, plans)
 
 
 def _fetch_work(
