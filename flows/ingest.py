@@ -47,6 +47,7 @@ def pull_stream(settings: Settings, engine: Engine, run_id: str, source: str, st
                 if more:
                     progress("%s/%s: %s records so far", source, stream, f"{totals.received:,}")
             pending = []
+    load.refresh_statistics(engine, stream, totals.new + totals.changed)
     progress("%s/%s: %s received, %s new, %s changed, %s rejected", source, stream,
              f"{totals.received:,}", f"{totals.new:,}", f"{totals.changed:,}",
              f"{totals.rejected:,}")

@@ -623,3 +623,23 @@ def test_sqlite_autocommit_option_is_honoured(sqlite_engine: Engine) -> None:
     with sqlite_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(insert(s.runs).values(id="r", flow="f", started_at=T0, status="running"))
     assert count(sqlite_engine, s.runs) == 1  # no BEGIN was left open and rolled back
+
+
+def test_a_big_pull_refreshes_the_statistics_of_what_it_grew(engine: Engine) -> None:
+    """PostgreSQL: ANALYZE right after a bulk landing (pg_class.reltuples is -1 until a table
+    was analyzed); a small pull, and SQLite, leave the statistics alone."""
+    def analyzed() -> dict[str, bool]:
+        q = text("SELECT relname, reltuples >= 0 FROM pg_class WHERE relname IN "
+                 "('orders', 'order_lines', 'order_events', 'raw_records', 'payments')")
+        with engine.connect() as conn:
+            return dict(conn.execute(q).all())
+
+    small = load.refresh_statistics(engine, "orders", load.ANALYZE_AFTER_ROWS - 1)
+    big = load.refresh_statistics(engine, "orders", load.ANALYZE_AFTER_ROWS)
+    assert small == []
+    if engine.dialect.name != "postgresql":
+        assert big == []
+        return
+    assert big == ["orders", "order_lines", "order_events", "raw_records"]
+    assert analyzed() == {"orders": True, "order_lines": True, "order_events": True,
+                          "raw_records": True, "payments": False}

@@ -488,6 +488,26 @@ KINDS: dict[str, _Kind] = {
 }
 
 
+# A pull that landed this many rows (new or changed) refreshes the statistics of the tables it
+# grew right away on PostgreSQL, as a bulk load should: autovacuum would too, but a minute or
+# more later, and meanwhile the next stages' queries are planned for the emptier tables.
+ANALYZE_AFTER_ROWS = 10_000
+_GROWN = {"orders": ("orders", "order_lines", "order_events"), "prices": ("prices", "products"),
+          "stock": ("stock", "warehouses")}
+
+
+def refresh_statistics(engine: Engine, kind: str, rows: int) -> list[str]:
+    """PostgreSQL, after a pull of ``kind`` that landed ``rows`` rows (``ANALYZE_AFTER_ROWS`` or
+    more): ANALYZE the tables it grew. Returns their names (none on SQLite or a small pull)."""
+    if rows < ANALYZE_AFTER_ROWS or engine.dialect.name != "postgresql" or kind not in KINDS:
+        return []
+    names = [*_GROWN.get(kind, (KINDS[kind].table.name,)), raw_records.name]
+    with engine.begin() as conn:
+        for name in names:
+            conn.exec_driver_sql(f'ANALYZE "{name}"')
+    return names
+
+
 # ------------------------------------------------------------------------------ public API
 
 
