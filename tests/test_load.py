@@ -136,6 +136,8 @@ def test_sqlite_engine_settings(sqlite_engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 16384
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -32768
 
 
 def test_sqlite_transactions_cover_reads_and_ddl(sqlite_engine: Engine) -> None:
