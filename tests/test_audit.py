@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from flows.audit import audit_sources, source_total_readers
 from flows.cli import main
@@ -22,7 +22,7 @@ from sandbox import start_sandbox
 from sandbox.generator import generate
 from warehouse import kpis
 from warehouse.engine import begin_write, make_engine, migrate
-from warehouse.schema import order_events, order_lines, orders
+from warehouse.schema import order_events, order_lines, orders, raw_records
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "55555555-5555-4555-8555-555555555555"
@@ -111,6 +111,29 @@ def test_every_loaded_order_is_accurate_through_the_real_mappings(world, dataset
     loaded = sum(len(v) for v in dataset.orders.values()) - len(dataset.truth.rejected)
     assert (acc["orders"], acc["accurate"], acc["rate"], acc["inaccurate"]) == (
         loaded, loaded, Decimal(1), [])
+
+    # each order's own total landed beside its payload, as the mapping read it
+    raw = raw_records
+    with engine.connect() as conn:
+        landed = conn.execute(
+            select(orders.c.source, orders.c.external_id, orders.c.total, raw.c.source_total)
+            .join(raw, (raw.c.source == orders.c.source) & (raw.c.stream == "orders")
+                  & (raw.c.external_id == orders.c.external_id))).all()
+    assert len(landed) == loaded and all(r.source_total == r.total for r in landed)
+
+    # a record landed before the column (no total kept) is mapped from its payload again; one
+    # whose kept total differs from the stored one is named
+    (s1, e1, *_), (s2, e2, t2, _) = sorted(landed, key=lambda r: (r.source, r.external_id))[:2]
+    with begin_write(engine) as conn:
+        conn.execute(update(raw).where(raw.c.source == s1, raw.c.external_id == e1)
+                     .values(source_total=None, payload="{}"))
+        conn.execute(update(raw).where(raw.c.source == s2, raw.c.external_id == e2)
+                     .values(source_total=t2 + 1))
+    acc = kpis.run_kpis(engine, RUN, readers=source_total_readers(settings))["accuracy"]
+    problems = {(x["source"], x["external_id"]): x["problem"] for x in acc["inaccurate"]}
+    assert acc["accurate"] == loaded - 2 and set(problems) == {(s1, e1), (s2, e2)}
+    assert problems[(s1, e1)].startswith("raw payload does not map")
+    assert problems[(s2, e2)] == f"total {t2} != the source's total {t2 + 1}"
 
 
 def test_orderhub_kpis_audit_prints_the_missed_orders(world, capsys):

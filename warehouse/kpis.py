@@ -596,12 +596,14 @@ def _quarantine(conn: Connection, scope: _Scope) -> list[KpiRow]:
 
 def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal],
               show: int) -> tuple[_Accuracy | None, _Accuracy | None]:
-    """Stored total == sum of line amounts == the source's total in its raw payload.
+    """Stored total == sum of line amounts == the source's total.
 
-    The line sums are SQL; the source's total needs the connector's mapping, so the scope's
-    orders are streamed once with their raw payloads (bounded memory: yield_per). Returns the
-    days' figures and the run's (each None when the scope has none); the run's lists its
-    first ``show`` inaccurate orders."""
+    The line sums are SQL; the source's total is the one the connector's mapping read from the
+    order's raw payload when it landed (``raw_records.source_total``), streamed with the
+    scope's orders (bounded memory: yield_per). An order whose raw record has none (landed
+    before migration 0005t) has its payload read and mapped now, a block of rows at a time.
+    Returns the days' figures and the run's (each None when the scope has none); the run's
+    lists its first ``show`` inaccurate orders."""
     d = conn.dialect.name
     ev = order_events.alias("ev")
     cohort = (select(ev.c.id.label("event_id"), ev.c.order_id, *scope.keys(ev, d),
@@ -610,20 +612,21 @@ def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal
               .where(ev.c.from_state.is_(None), ev.c.to_state == "captured", scope.events(ev))
               .subquery("cohort"))
     # the line sums: each cohort row joined to its lines on the order_lines.order_id index and
-    # grouped, and the payload looked up per row on raw_records' key - a plan that stays sane
-    # whatever the database guesses about the cohort's size (no statistics yet after a load)
+    # grouped, and the landed total looked up per row on raw_records' key - a plan that stays
+    # sane whatever the database guesses about the cohort's size (no statistics yet after a
+    # load)
     ln = order_lines
-    payload = (select(raw_records.c.payload)
-               .where(raw_records.c.source == cohort.c.source,
-                      raw_records.c.stream == ORDERS_STREAM,
-                      raw_records.c.external_id == cohort.c.external_id)
-               .scalar_subquery())
+    landed = (select(raw_records.c.source_total)
+              .where(raw_records.c.source == cohort.c.source,
+                     raw_records.c.stream == ORDERS_STREAM,
+                     raw_records.c.external_id == cohort.c.external_id)
+              .scalar_subquery())
     group = [c for c in cohort.c]
     q = (select(*(c for c in cohort.c if c.name != "event_id"),
                 func.sum(ln.c.amount).label("line_sum"), func.count(ln.c.id).label("n_lines"),
-                func.count(ln.c.amount).label("n_amounts"), payload.label("payload"))
+                func.count(ln.c.amount).label("n_amounts"), landed.label("source_total"))
          .select_from(cohort.outerjoin(ln, ln.c.order_id == cohort.c.order_id))
-         .group_by(*group))  # no ORDER BY: a sort would carry every payload
+         .group_by(*group))  # no ORDER BY: a sort would carry every row
     checked: Counter[tuple] = Counter()
     accurate: Counter[tuple] = Counter()
     daily = _Accuracy() if scope.daily else None
@@ -631,34 +634,41 @@ def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal
     split = daily is not None and run is not None  # rows say whether they are the run's
     days: dict[Any, date] = {}  # the day column's values, each read once
     shown: list[tuple[int, int, dict[str, Any]]] = []  # the run's first inaccurate by order id
-    for seq, r in enumerate(_stream(conn, q).mappings()):
-        mine = run is not None and (not split or r["in_run"] == 1)
-        reader = readers.get(r["source"])
-        if reader is None:
+    rows = _stream(conn, q).mappings()
+    seq = 0
+    while block := rows.fetchmany(_ACCURACY_BLOCK):
+        payloads = _payloads(conn, [r for r in block if r["source_total"] is None
+                                    and r["source"] in readers])
+        for r in block:
+            seq += 1
+            mine = run is not None and (not split or r["in_run"] == 1)
+            reader = readers.get(r["source"])
+            if reader is None:
+                if daily is not None:
+                    daily.unchecked += 1
+                if mine:
+                    run.unchecked += 1  # type: ignore[union-attr]
+                continue
+            keys: list[tuple] = []
             if daily is not None:
-                daily.unchecked += 1
+                day = days.get(r["day"])
+                if day is None:
+                    day = days[r["day"]] = _as_date(r["day"])
+                keys += [(day, r["source"]), (day, ALL)]
             if mine:
-                run.unchecked += 1  # type: ignore[union-attr]
-            continue
-        keys: list[tuple] = []
-        if daily is not None:
-            day = days.get(r["day"])
-            if day is None:
-                day = days[r["day"]] = _as_date(r["day"])
-            keys += [(day, r["source"]), (day, ALL)]
-        if mine:
-            keys += [(None, r["source"]), (None, ALL)]
-        problem = _accuracy_problem(r, reader)
-        for key in keys:
-            checked[key] += 1
-            accurate[key] += problem is None
-        if problem and mine and show > 0:
-            order_id = int(r["order_id"])
-            shown.append((order_id, seq, {"order_id": order_id, "source": r["source"],
-                                          "external_id": r["external_id"], "problem": problem}))
-            if len(shown) >= 4 * show + 64:  # keep the lowest ids only: bounded
-                shown.sort(key=_first_two)
-                del shown[show:]
+                keys += [(None, r["source"]), (None, ALL)]
+            problem = _accuracy_problem(r, reader, payloads)
+            for key in keys:
+                checked[key] += 1
+                accurate[key] += problem is None
+            if problem and mine and show > 0:
+                order_id = int(r["order_id"])
+                shown.append((order_id, seq, {"order_id": order_id, "source": r["source"],
+                                              "external_id": r["external_id"],
+                                              "problem": problem}))
+                if len(shown) >= 4 * show + 64:  # keep the lowest ids only: bounded
+                    shown.sort(key=_first_two)
+                    del shown[show:]
     if run is not None:
         run.inaccurate = [found for *_, found in sorted(shown, key=_first_two)[:show]]
     for (day, source), n in checked.items():
@@ -666,6 +676,9 @@ def _accuracy(conn: Connection, scope: _Scope, readers: Mapping[str, SourceTotal
         if row is not None:
             (run if day is None else daily).rows.append(row)  # type: ignore[union-attr]
     return daily, run
+
+
+_ACCURACY_BLOCK = 2000  # rows judged together: the payloads a block lacks are read in one query
 
 
 def _first_two(item: tuple) -> tuple:
@@ -681,7 +694,24 @@ def _stream(conn: Connection, q: Any) -> Any:
     return conn.execute(q, execution_options={"yield_per": 2000})  # this statement only
 
 
-def _accuracy_problem(r: Mapping[str, Any], reader: SourceTotal) -> str | None:
+def _payloads(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """The raw order payloads of ``rows`` (source, external_id), for those landed without
+    their total: {(source, external_id): payload text}."""
+    wanted: dict[str, list[str]] = {}
+    for r in rows:
+        wanted.setdefault(r["source"], []).append(r["external_id"])
+    out: dict[tuple[str, str], str] = {}
+    for source, ids in wanted.items():
+        for ext, payload in conn.execute(
+                select(raw_records.c.external_id, raw_records.c.payload)
+                .where(raw_records.c.source == source, raw_records.c.stream == ORDERS_STREAM,
+                       in_values(raw_records.c.external_id, ids, conn.dialect.name))):
+            out[(source, ext)] = payload
+    return out
+
+
+def _accuracy_problem(r: Mapping[str, Any], reader: SourceTotal,
+                      payloads: Mapping[tuple[str, str], str]) -> str | None:
     """Why an order's stored total is not accurate, or None when it is."""
     total, line_sum = r["total"], r["line_sum"]
     if total is None:
@@ -691,12 +721,15 @@ def _accuracy_problem(r: Mapping[str, Any], reader: SourceTotal) -> str | None:
     line_sum = Decimal(line_sum) if line_sum is not None else Decimal(0)
     if Decimal(total) != line_sum:
         return f"total {total} != sum of lines {line_sum}"
-    if r["payload"] is None:
-        return "no raw record of the order"
-    try:
-        source_total = reader(json.loads(r["payload"], parse_float=Decimal))
-    except (ValueError, KeyError, TypeError) as exc:  # MappingError is a ValueError
-        return f"raw payload does not map: {exc}"
+    source_total = r["source_total"]
+    if source_total is None:  # landed without it (before 0005t): the payload, mapped now
+        payload = payloads.get((r["source"], r["external_id"]))
+        if payload is None:
+            return "no raw record of the order"
+        try:
+            source_total = reader(json.loads(payload, parse_float=Decimal))
+        except (ValueError, KeyError, TypeError) as exc:  # MappingError is a ValueError
+            return f"raw payload does not map: {exc}"
     if source_total is None or Decimal(source_total) != Decimal(total):
         return f"total {total} != the source's total {source_total}"
     return None

@@ -551,7 +551,10 @@ def land_batch(
     counts = LoadCounts(received=len(records), rejected=len(rejects))
     with paused_gc(), begin_write(engine) as conn:
         _lock_stream(conn, batch, kind)
-        _land_raw(conn, batch, records)
+        # an order's own total lands beside its payload (the accuracy KPI reads it there)
+        totals = ({id(raw): rec.get("total") for raw, rec in mapped} if kind == "orders"
+                  else {})
+        _land_raw(conn, batch, records, totals)
         held = _land_rejected(conn, batch, rejects, [raw.external_id for raw, _ in mapped])
         counts.rejected -= held
         counts.unchanged += held
@@ -631,7 +634,7 @@ def _newest(items: Iterable[tuple[Any, RawRecord, Any]]) -> tuple[dict[Any, Any]
 
 
 _RAW_COLUMNS = ("source", "stream", "external_id", "content_hash", "payload", "source_updated_at",
-                "received_at", "run_id")
+                "received_at", "run_id", "source_total")
 
 
 def _lock_stream(conn: Connection, batch: _Batch, kind: str) -> None:
@@ -647,7 +650,10 @@ def _lock_stream(conn: Connection, batch: _Batch, kind: str) -> None:
                              {"a": f"orderhub.land:{batch.source}", "b": name})
 
 
-def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None:
+def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord],
+              totals: dict[int, Any]) -> None:
+    """Land the payloads that are new or changed. ``totals``: by ``id()`` of a record, the
+    source's own total its mapping read (orders); a record without one gets none."""
     latest, _ = _newest((r.external_id, r, r) for r in records)
     if not latest:
         return
@@ -664,7 +670,8 @@ def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None
     )
     source, stream, now, run_id = batch.source, batch.stream, batch.now, batch.run_id
     rows = [
-        (source, stream, ext, hashes[ext], texts[ext], raw.updated_at, now, run_id)
+        (source, stream, ext, hashes[ext], texts[ext], raw.updated_at, now, run_id,
+         totals.get(id(raw)))
         for ext, raw in latest.items()
         if known.get(ext) != hashes[ext]
     ]
@@ -677,7 +684,8 @@ def _land_raw(conn: Connection, batch: _Batch, records: list[RawRecord]) -> None
         _RAW_COLUMNS,
         rows,
         key=("source", "stream", "external_id"),
-        update_cols=("content_hash", "payload", "source_updated_at", "received_at", "run_id"),
+        update_cols=("content_hash", "payload", "source_updated_at", "received_at", "run_id",
+                     "source_total"),
         where=_hash_changed(raw_records),
     )
 

@@ -98,6 +98,10 @@ raw_records = Table(
     _ts("source_updated_at"),
     _ts("received_at", nullable=False),
     Column("run_id", RUN_ID, nullable=False),
+    # 0005t: an order's own total as the connector's mapping read it from this payload when it
+    # landed (null: not an order, or landed before 0005t): the accuracy KPI compares with it
+    # instead of parsing and mapping every payload again
+    Column("source_total", MONEY),
     UniqueConstraint("source", "stream", "external_id", name="uq_raw_records_key"),
 )
 
