@@ -522,6 +522,7 @@ class KingdeeFake(FakeApp):
         allowed, to = {"Submit": ({"A", "D"}, "B"), "Audit": ({"B"}, "C"),
                        "UnAudit": ({"C"}, "D"), "Delete": ({"A", "D"}, None)}[op]
         errors, successes = [], []
+        now = kd_time(datetime.now(UTC)) or ""  # one request, one time (not one per bill)
         for index, number in enumerate(numbers):
             bill = self.documents.get((form, number))
             if bill is None:
@@ -535,7 +536,7 @@ class KingdeeFake(FakeApp):
                     del self.documents[(form, number)]
                     self._taken.discard((form, number))
                 else:
-                    bill.status, bill.modified = to, kd_time(datetime.now(UTC)) or ""
+                    bill.status, bill.modified = to, now
                 successes.append({"Id": bill.fid, "Number": number, "DIndex": index})
         return {"Result": {"ResponseStatus": response_status(errors, successes)}}
 

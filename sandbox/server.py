@@ -35,18 +35,13 @@ _DEC_RE = re.compile(r'"\\u0000dec:([-+0-9.Ee]+)"')
 
 def json_dumps(obj: Any) -> str:
     """JSON with Decimal written as an exact number (like a real API), never via float."""
-
-    def walk(o: Any) -> Any:
-        if isinstance(o, Decimal):
-            return _DEC_MARK + format(o, "f")
-        if isinstance(o, dict):
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [walk(v) for v in o]
-        return o
-
-    text = json.dumps(walk(obj), ensure_ascii=False, default=str)
+    text = json.dumps(obj, ensure_ascii=False, default=_json_default)
     return _DEC_RE.sub(lambda m: m.group(1), text)
+
+
+def _json_default(o: Any) -> str:
+    # json.dumps asks only for what it cannot write itself: no Python walk over every value
+    return _DEC_MARK + format(o, "f") if isinstance(o, Decimal) else str(o)
 
 
 @dataclass
