@@ -275,6 +275,10 @@ def export_task(config_path: str, run_id: str, own_process: bool = False) -> dic
     with its start and imports, 11.5 s)."""
     started = time.monotonic()
     if own_process:
+        settings = load_settings(config_path)
+        # nothing to export (a rerun): no process to start, the skip is recorded here
+        own_process = not _exports_current(settings, _engine(settings.warehouse_url))[2]
+    if own_process:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -310,16 +314,24 @@ def _reconcile(settings: Settings, engine: Engine, rid: str) -> dict[str, Any]:
 
 
 def _export(settings: Settings, engine: Engine, rid: str) -> list[Path]:
+    paths, key, current = _exports_current(settings, engine)
+    if current:
+        return paths
+    started = freshness.now()
+    files = exports.export_parquet(engine, settings.exports_dir)
+    freshness.mark(engine, "exports", rid, started, key, {"files": len(files)})
+    return files
+
+
+def _exports_current(settings: Settings, engine: Engine) -> tuple[list[Path], str, bool]:
+    """The export files, their freshness key, and whether they are current: all there, and no
+    run has written their inputs since (same folder, same day)."""
     folder = settings.exports_dir
     paths = [Path(folder) / f"{t}.parquet" for t in exports.DEFAULT_TABLES]
     key = hashlib.sha256(f"{Path(folder).resolve()}|{date.today()}".encode()).hexdigest()
-    if all(p.exists() for p in paths) and \
-            freshness.unchanged(engine, "exports", EXPORT_INPUTS, key) is not None:
-        return paths
-    started = freshness.now()
-    files = exports.export_parquet(engine, folder)
-    freshness.mark(engine, "exports", rid, started, key, {"files": len(files)})
-    return files
+    current = (all(p.exists() for p in paths)
+               and freshness.unchanged(engine, "exports", EXPORT_INPUTS, key) is not None)
+    return paths, key, current
 
 
 # --- stage flows: each stage deployable alone (prefect.yaml); the parent runs the same bodies
