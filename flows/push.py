@@ -19,7 +19,12 @@ from flows.config import Settings
 from flows.console import progress
 from warehouse import outbox
 
-CLAIM_SIZE = 500  # rows per batch, unless the connector says (``push_batch``) or the caller
+# rows per claimed batch, unless the connector says (``push_batch``) or the caller. The connector
+# sends a batch in requests of its own size (Kingdee: ``batch_size``); a claim and its mark are
+# a transaction each, so fewer, larger batches cost the database less: the TPC-H SF 0.1 invoice
+# drain on PostgreSQL took 17-20 s with 500, 15-16 s with 1,000 (2,000: 14.7 s, for twice the
+# rows left `sending` by a crash)
+CLAIM_SIZE = 1000
 
 
 def drain(settings: Settings, engine: Engine, run_id: str, target: str, operation: str,
