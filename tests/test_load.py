@@ -288,6 +288,34 @@ def test_transition_locks_what_it_counted_on_postgresql(pg_engine: Engine) -> No
     assert events == [(None, "captured"), ("captured", "validated")]
 
 
+def test_a_big_transition_refreshes_the_orders_statistics_on_postgresql(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner learns the new state within the same transaction: the next stage's
+    queries are not planned for a state the statistics think empty."""
+    import warehouse.orders as orders_mod
+
+    land(pg_engine, RUN1, "orders", [order(str(i)) for i in range(30)])
+
+    def common_states() -> set[str]:
+        with pg_engine.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'orders' "
+                "AND attname = 'status'").scalar()
+        return set((found or "{}").strip("{}").split(","))
+
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql('ANALYZE "orders"')
+    assert common_states() == {"captured"}
+    monkeypatch.setattr(orders_mod, "ANALYZE_AFTER_MOVES", 20)
+    ids = sorted(_ids(pg_engine).values())
+    with pg_engine.begin() as conn:
+        transition(conn, ids[:10], "validated", RUN2, None)  # fewer than 20: no ANALYZE
+    assert common_states() == {"captured"}
+    with pg_engine.begin() as conn:
+        transition(conn, ids[10:], "validated", RUN2, None)  # 20: ANALYZE
+    assert "validated" in common_states()
+
+
 # ---------------------------------------------------------------------------------- hashing
 
 
