@@ -112,6 +112,16 @@ def child_main(json_out: str, fn: Callable[[], Mapping[str, Any]], **fields: Any
     return 0
 
 
+def exit_now(code: int) -> None:
+    """End the process once its report is written, without tearing its heap down object by
+    object (the runner holds the Kingdee fake's documents, a (c) child a run's worth of
+    objects and Prefect's exit hooks): ~2 s at SF 0.1 that measure nothing. Output is
+    flushed first; every server and child process has been stopped by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def error_line(exc: BaseException) -> str:
     """One line: each exception of the chain (outermost first) as ``Type: first line``.
 

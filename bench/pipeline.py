@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.measure import child_report
+from bench.measure import child_report, exit_now
 
 # Bookkeeping a run writes by design: its own run record, its KPIs and alerts about itself.
 BOOKKEEPING = {"runs", "kpi_daily", "kpi_runs", "alerts", "sync_state"}
@@ -207,4 +206,4 @@ def _lean(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.measure import VariantFailed, run_variant
+from bench.measure import VariantFailed, exit_now, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("raw", "dlt", "orderhub")
@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
     except VariantFailed as exc:  # one line, never a traceback
         print(f"bench: {exc}", file=sys.stderr)
         sys.exit(1)
+    exit_now(code)
