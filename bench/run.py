@@ -415,9 +415,11 @@ def memory_scaling(out: Path, report: dict[str, Any], base_sf: float = 0.1) -> d
     return scaling
 
 
-def _own_work_dir(work: Path) -> Path:
+def _own_work_dir(work: Path) -> tuple[Path, threading.Thread]:
     """``work``, emptied — or ``work-<pid>`` when another live run holds it: two runs side by
-    side must not delete each other's databases."""
+    side must not delete each other's databases. The last run's files are moved aside and
+    deleted by the returned thread (GBs of databases: a second or more), while the servers
+    start and the drop is written; join it before measuring."""
     holder = work / ".pid"
     try:
         os.kill(int(holder.read_text()), 0)
@@ -425,10 +427,18 @@ def _own_work_dir(work: Path) -> Path:
         say(f"another run uses {holder.parent}; working in {work}")
     except (OSError, ValueError):
         pass
-    shutil.rmtree(work, ignore_errors=True)
+    aside = work.with_name(f".{work.name}-deleted-{os.getpid()}")
+    try:
+        work.rename(aside)
+    except OSError:  # none yet (or not movable: deleted in place)
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / ".pid").write_text(str(os.getpid()))
-    return work
+    deleting = threading.Thread(target=shutil.rmtree, args=(aside,),
+                                kwargs={"ignore_errors": True}, name="delete-last-run",
+                                daemon=True)
+    deleting.start()
+    return work, deleting
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,12 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown: {', '.join(bad)} (databases: {', '.join(DATABASES)}; variants: "
                      f"{', '.join(VARIANTS)})")
 
-    from sandbox.tpch import generate_tpch
-
     sf_label = f"{args.sf:g}"
-    work = _own_work_dir(args.work / f"sf{sf_label}")
+    work, deleting = _own_work_dir(args.work / f"sf{sf_label}")
     with ExitStack() as stack:
-        # started first: it comes up while the drop is written, before anything is measured
+        # started first: they come up while the drop is written, before anything is measured
         prefect_api = (stack.enter_context(prefect_server(work / "prefect-server.log"))
                        if "orderhub" in variants
                        else lambda: ({}, 0.0))
@@ -462,12 +470,15 @@ def main(argv: list[str] | None = None) -> int:
                        else server_settings(_memory_mb()))
         postgres = (stack.enter_context(postgres_server(work, pg_settings)) if "postgres" in dbs
                     else None)
+        from sandbox.tpch import generate_tpch
+
         say(f"TPC-H SF {sf_label}: generating the drop (defect rate {args.defect_rate:g}) ...")
         t0 = time.perf_counter()
         truth = generate_tpch(args.sf, work / "drop", defect_rate=args.defect_rate,
                               cache=args.work / "tpch")
         say(f"drop ready in {time.perf_counter() - t0:.1f} s: {truth.orders:,} orders, "
             f"{truth.lines:,} lines, {len(truth.defects):,} seeded defects")
+        deleting.join()  # nothing of the last run is deleted while something is measured
         prefect_env, prefect_start_s = prefect_api()
         if prefect_env:
             say(f"Prefect server for (c): {prefect_env['PREFECT_API_URL']} "
