@@ -451,6 +451,32 @@ class Connector:
             ) from None
 
 
+_frozen_depth = 0  # frozen_heap blocks open (nested: only the outermost unfreezes)
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """The objects alive when the block starts are left out of CPython's cyclic collector
+    until the outermost block ends (``gc.freeze``, after one collection so no garbage is
+    frozen; ``gc.unfreeze`` at the end hands them back).
+
+    A run's process holds a million or more long-lived objects (Prefect, SQLAlchemy, Great
+    Expectations, pyarrow), and every full collection walked them all: measured on the TPC-H
+    SF 0.1 invoice stage on PostgreSQL, 6.0 s of 41.5 s in the collector, 2.4 s frozen. An
+    object frozen here is still freed by reference counting; only one that ends in a cycle
+    waits for the unfreeze."""
+    global _frozen_depth
+    gc.collect()
+    gc.freeze()
+    _frozen_depth += 1
+    try:
+        yield
+    finally:
+        _frozen_depth -= 1
+        if _frozen_depth == 0:
+            gc.unfreeze()
+
+
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """CPython's cyclic garbage collection paused inside the block (its state restored after).

@@ -26,6 +26,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
+from connectors.base import frozen_heap
 from connectors.http import SourceError
 from flows import alerts
 from flows import ingest as ingest_mod
@@ -76,7 +77,8 @@ def _stage(config_path: str, flow_name: str, run_id: str | None
     io: dict[str, list] = {"inputs": [], "outputs": []}
     lineage.emit("START", flow_name, job_run)
     try:
-        yield settings, engine, rid, io
+        with frozen_heap():  # what earlier stages and imports left is not walked again
+            yield settings, engine, rid, io
     except Exception as exc:
         lineage.emit("FAIL", flow_name, job_run, error=str(exc))
         if own:
@@ -422,8 +424,9 @@ def order_to_cash(config_path: str = DEFAULT_CONFIG) -> dict:
     lineage.emit("START", "order_to_cash", rid)
     started = time.monotonic()
     stages: dict[str, Any] = {}
-    # SQLite: the exports' process starts now, beside the stages (_export_process)
-    with _export_process(settings, engine, rid):
+    # SQLite: the exports' process starts now, beside the stages (_export_process); the heap
+    # as it is now (imports) and after each stage is frozen until the run ends (frozen_heap)
+    with frozen_heap(), _export_process(settings, engine, rid):
         try:
             for name, stage in STAGE_BODIES:
                 t0 = time.monotonic()

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, delete, select, text
 
+from connectors.base import paused_gc
 from warehouse.engine import begin_write, in_values, insert_rows, update_rows
 from warehouse.orders import transition
 from warehouse.reconcile_rules import (
@@ -215,7 +216,9 @@ def reconcile(engine: Engine, run_id: str, tolerance: Decimal,
     elif rules.amount_tolerance != tolerance:
         raise ValueError(f"reconcile: tolerance {tolerance} differs from "
                          f"reconciliation.amount_tolerance {rules.amount_tolerance}")
-    with begin_write(engine) as conn:
+    # paused_gc: the whole book is in memory (every invoice and payment) and settling builds
+    # more of the same, none of it in cycles: the collector would walk it all again and again
+    with paused_gc(), begin_write(engine) as conn:
         if conn.dialect.name == "postgresql":
             # one reconcile at a time: each recomputes the whole book (SQLite: BEGIN IMMEDIATE)
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('orderhub.reconcile'))"))
