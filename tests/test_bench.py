@@ -72,6 +72,10 @@ def test_the_bench_server_runs_with_its_settings_and_goes_away(tmp_path: Path) -
     settings = bench_run.server_settings(8192)
     assert settings["shared_buffers"] == "2048MB"  # a quarter of memory
     assert bench_run.server_settings(64 * 1024)["shared_buffers"] == "4096MB"  # capped
+    # the WAL between checkpoints: a quarter of the free disk, 1-16 GB
+    assert bench_run.server_settings(8192, 200 * 1024)["max_wal_size"] == "16GB"
+    assert bench_run.server_settings(8192, 23 * 1024)["max_wal_size"] == "5888MB"
+    assert bench_run.server_settings(8192, 2 * 1024)["max_wal_size"] == "1GB"
     os.environ.pop("ORDERHUB_BENCH_PG_URL", None)
     with bench_run.postgres_server(tmp_path, settings) as ready:
         url = ready()
